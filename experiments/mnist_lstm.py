@@ -1,0 +1,134 @@
+"""Row-wise MNIST LSTM: an LSTM reads each image as 28 rows of 28 pixels.
+
+Command (from the repository root):
+
+    python experiments/mnist_lstm.py --workdir runs/default
+
+Expected on a 2-core x86 CPU (AMD EPYC, no GPU), as measured (see README "Results"):
+  --preset default   20 epochs, about 12 minutes, 99.2-99.3% test accuracy
+  --preset tutorial  13 epochs, about 7 minutes, about 98.9% test accuracy
+
+Rerunning the same command resumes from the newest checkpoint in --workdir. Offline, the
+four MNIST files are found through --manual-dir, $RNNJAX_MANUAL_DIR, or ../shared/data/mnist
+beside this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from rnnjax import config as config_lib  # noqa: E402  (light: no JAX, no TF)
+
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
+def non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+  return value
+
+
+def positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+  if not value > 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+  return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      description="Train an LSTM on row-wise MNIST; rerun the same command to resume.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--workdir", default="runs/default",
+                 help="where config.json, metrics.jsonl and checkpoints/ go")
+  p.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
+                 help="starting configuration; the flags below override it")
+  p.add_argument("--epochs", type=positive_int)
+  p.add_argument("--batch-size", type=positive_int)
+  p.add_argument("--eval-batch-size", type=positive_int)
+  p.add_argument("--hidden-size", type=positive_int)
+  p.add_argument("--num-layers", type=positive_int)
+  p.add_argument("--learning-rate", type=positive_float)
+  p.add_argument("--seed", type=non_negative_int)
+  p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
+                 help="tfds, idx (NumPy reader, no TensorFlow) or auto (tfds if installed)")
+  p.add_argument("--data-dir", help="tfds data dir (default: tfds's, ~/tensorflow_datasets)")
+  p.add_argument("--manual-dir",
+                 help="folder with the four MNIST files for offline use (default: "
+                      "$RNNJAX_MANUAL_DIR, else ../shared/data/mnist when it exists)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> config_lib.Config:
+  overrides = {
+      "epochs": args.epochs, "batch_size": args.batch_size,
+      "eval_batch_size": args.eval_batch_size, "hidden_size": args.hidden_size,
+      "num_layers": args.num_layers, "learning_rate": args.learning_rate, "seed": args.seed,
+      "data_source": args.data_source, "data_dir": args.data_dir,
+  }
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  manual_dir = args.manual_dir or os.environ.get("RNNJAX_MANUAL_DIR") or None
+  if manual_dir is None and SHARED_MNIST.is_dir():
+    manual_dir = str(SHARED_MNIST)
+  overrides["manual_dir"] = manual_dir
+  if args.no_progress:
+    overrides["progress"] = False
+  return config_lib.get_config(args.preset).replace(**overrides)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    config = build_config(args)
+  except ValueError as e:  # a combination argparse cannot check on its own
+    print(f"mnist_lstm.py: error: {e}", file=sys.stderr)
+    return 2
+
+  # Imported after parsing, so that --help and usage errors are instant.
+  from rnnjax import checkpointing, data, train
+
+  print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
+        f"{config.manual_dir or config.data_dir or 'tfds default'}", flush=True)
+  try:
+    _, history = train.train_and_evaluate(config, args.workdir)
+  except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
+          train.TrainingDiverged) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print(f"\ninterrupted; rerun the same command to resume from the last checkpoint in "
+          f"{args.workdir}", file=sys.stderr)
+    return 130
+  if history:
+    last = history[-1]
+    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs; "
+          f"results in {args.workdir} (metrics.jsonl, config.json, checkpoints/)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

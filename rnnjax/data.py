@@ -1,0 +1,329 @@
+"""MNIST as NumPy arrays, from tensorflow-datasets or straight from the four IDX files.
+
+Two sources give the same arrays, in the same order (the order of the official IDX files):
+
+* `tfds`: the tensorflow-datasets `mnist` builder, prepared into a data dir and read back
+  through tf.data. Online it downloads as tfds always does; offline, `manual_dir` points it at
+  a folder holding the four official files (tfds checks their checksums).
+* `idx`: reads the four files with NumPy; no TensorFlow needed (JAX-only GPU machines).
+
+tfds stores examples shuffled by an md5 hash of their key (the index in the IDX file, salted
+with the split name); `load_tfds` undoes that, so both sources agree element for element.
+
+Batches are NumPy: images `<float32>[batch, 28, 28]` in [0, 1], labels `<int32>[batch]`.
+The training order of an epoch is a pure function of `(seed, epoch)`, so a resumed run sees
+exactly the batches an uninterrupted one would. TensorFlow is imported only inside
+`load_tfds`, and never sees a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+MANUAL_DIR_ENV = "RNNJAX_MANUAL_DIR"
+URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # where tfds downloads from
+
+# split -> (images file, labels file, number of examples)
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
+}
+ALL_FILES = tuple(f for images, labels, _ in FILES.values() for f in (images, labels))
+# SHA-256 of the official files; the same values tfds registers for its `mnist` builder.
+SHA256 = {
+    "train-images-idx3-ubyte.gz":
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz":
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz":
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz":
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+
+
+class DataError(Exception):
+  """The data cannot be found or read. The message says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory.
+
+  Attributes:
+    images: `<uint8>[n, 28, 28]`, as stored in the IDX file.
+    labels: `<int32>[n]`.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+# ----------------------------------------------------------------------------------------
+# Where the files are.
+
+def default_data_dir() -> Path:
+  """tfds's default data dir: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`."""
+  return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
+  """`manual_dir`, else `$RNNJAX_MANUAL_DIR`, else None. Checks that it is a folder."""
+  if manual_dir is None:
+    manual_dir = os.environ.get(MANUAL_DIR_ENV) or None
+  if manual_dir is None:
+    return None
+  path = Path(manual_dir).expanduser()
+  if not path.is_dir():
+    raise DataError(
+        f"manual dir {str(path)!r} does not exist or is not a folder. Point --manual-dir "
+        f"(or ${MANUAL_DIR_ENV}) at the folder holding the four MNIST files: "
+        f"{', '.join(ALL_FILES)}.")
+  return path
+
+
+def _missing_files_message(where: Path | None, missing=ALL_FILES) -> str:
+  place = (f"in {str(where)!r}" if where else
+           f"in a folder passed as --manual-dir (or ${MANUAL_DIR_ENV})")
+  return (
+      f"MNIST data not found and the download server is unreachable (no network?). "
+      f"Put the official files {', '.join(missing)} {place}, or run where "
+      f"{URL} can be reached. They are published at http://yann.lecun.com/exdb/mnist/ and "
+      f"{URL}.")
+
+
+def verify_files(folder: Path, names=ALL_FILES) -> None:
+  """Raises DataError naming the first missing file or file with a wrong SHA-256."""
+  missing = [n for n in names if not (folder / n).is_file()]
+  if missing:
+    raise DataError(
+        f"manual dir {str(folder)!r} lacks {', '.join(missing)}. "
+        + _missing_files_message(folder, missing).split(". ", 1)[1])
+  for name in names:
+    digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    if digest != SHA256[name]:
+      raise DataError(
+          f"{str(folder / name)!r} has the wrong checksum (sha256 {digest[:16]}..., expected "
+          f"{SHA256[name][:16]}...): the file is corrupt, truncated, or not the official MNIST "
+          f"file. Replace it with the official {name}.")
+
+
+def network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+  """Whether `host` resolves and accepts a TCP connection on 443 within `timeout` s."""
+  try:
+    with socket.create_connection((host, 443), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+# ----------------------------------------------------------------------------------------
+# The IDX source.
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+  """Reads one (gzipped) IDX file of unsigned bytes into an array of its stored shape."""
+  path = Path(path)
+  try:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"cannot read {str(path)!r} ({e}); replace it with the official file.")
+  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+    raise DataError(f"{str(path)!r} is not an IDX file of unsigned bytes; replace it with the "
+                    "official file.")
+  ndim = raw[3]
+  dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+  offset = 4 + 4 * ndim
+  if len(raw) != offset + int(np.prod(dims)):
+    raise DataError(f"{str(path)!r} is truncated or padded (header says {dims}); replace it "
+                    "with the official file.")
+  return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def download_idx(folder: Path) -> None:
+  """Downloads the missing official files into `folder` (used by the IDX source online)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for name in ALL_FILES:
+    if not (folder / name).exists():
+      tmp = folder / (name + ".part")
+      urllib.request.urlretrieve(URL + name, tmp)
+      tmp.replace(folder / name)
+
+
+def load_idx(split: str, manual_dir=None, data_dir=None) -> Split:
+  """Reads `split` ('train' or 'test') from the IDX files, checking their checksums.
+
+  Looks in `manual_dir` (or `$RNNJAX_MANUAL_DIR`), else in tfds's manual dir
+  `<data_dir>/downloads/manual`, downloading the files there when they are absent and the
+  network is reachable.
+  """
+  images_name, labels_name, n = FILES[split]
+  folder = resolve_manual_dir(manual_dir)
+  if folder is None:
+    folder = Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+    if not all((folder / f).is_file() for f in (images_name, labels_name)):
+      if not network_available():
+        raise DataError(_missing_files_message(None))
+      download_idx(folder)
+  verify_files(folder, (images_name, labels_name))
+  images, labels = read_idx(folder / images_name), read_idx(folder / labels_name)
+  if images.shape != (n, 28, 28) or labels.shape != (n,):
+    raise DataError(f"unexpected shapes {images.shape}, {labels.shape} in {str(folder)!r}.")
+  return Split(images=images, labels=labels.astype(np.int32))
+
+
+# ----------------------------------------------------------------------------------------
+# The tfds source.
+
+def _import_tfds():
+  """Imports tensorflow_datasets with TensorFlow kept off every GPU."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import tensorflow as tf
+  except ImportError as e:
+    raise DataError(
+        "the tfds data source needs TensorFlow, which is not installed here "
+        f"({e}). Install tensorflow-cpu, or use the IDX source (--data-source idx).") from None
+  # JAX owns the accelerators; TF only decodes records on the CPU.
+  tf.config.set_visible_devices([], "GPU")
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def tfds_order(split: str, n: int) -> np.ndarray:
+  """Index in the IDX file of each example tfds stores for `split`, in stored order.
+
+  tfds's MNIST builder keys example i by the integer i and writes examples sorted by the
+  md5 of (split name + str(key)) (tensorflow_datasets/core/hashing.py).
+  """
+  salt = hashlib.md5(split.encode())
+
+  def key(i):
+    h = salt.copy()
+    h.update(str(i).encode())
+    return h.digest()  # big-endian bytes compare like tfds's int(hexdigest, 16)
+
+  return np.array(sorted(range(n), key=key), dtype=np.int64)
+
+
+def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
+  """Prepares the tfds builder `name` (offline from `manual_dir` if given); returns it."""
+  tfds = _import_tfds()
+  folder = resolve_manual_dir(manual_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  if folder is not None:
+    verify_files(folder)
+  else:
+    default_manual = Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+    if not all((default_manual / f).is_file() for f in ALL_FILES) and not network_available():
+      raise DataError(_missing_files_message(None))
+  config = tfds.download.DownloadConfig(manual_dir=str(folder) if folder else None)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except tfds.download.NonMatchingChecksumError as e:
+    raise DataError(f"a downloaded MNIST file has the wrong checksum: {e}. Delete it and "
+                    "retry, or pass the official files with --manual-dir.") from None
+  return builder
+
+
+def load_tfds(split: str, data_dir=None, manual_dir=None) -> Split:
+  """Reads `split` through tfds and tf.data, in the order of the IDX files."""
+  tfds = _import_tfds()
+  builder = prepare_tfds("mnist", data_dir, manual_dir)
+  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+  n = FILES[split][2]
+  images = np.empty((n, 28, 28), np.uint8)
+  labels = np.empty((n,), np.int32)
+  order = tfds_order(split, n)
+  images[order] = arrays["image"][..., 0]
+  labels[order] = arrays["label"]
+  return Split(images=images, labels=labels)
+
+
+def tensorflow_available() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def load_split(split: str, source: str = "auto", data_dir=None, manual_dir=None) -> Split:
+  """Loads `split` ('train' or 'test') from `source` ('tfds', 'idx' or 'auto')."""
+  if split not in FILES:
+    raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
+  if source == "auto":
+    source = "tfds" if tensorflow_available() else "idx"
+  if source == "tfds":
+    return load_tfds(split, data_dir, manual_dir)
+  if source == "idx":
+    return load_idx(split, manual_dir, data_dir)
+  raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")
+
+
+def load_dataset(config) -> tuple[Split, Split]:
+  """(train, test) splits for `config` (its data_source, data_dir and manual_dir)."""
+  return tuple(load_split(s, config.data_source, config.data_dir, config.manual_dir)
+               for s in ("train", "test"))
+
+
+# ----------------------------------------------------------------------------------------
+# Batches.
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """`<uint8>[..., 28, 28]` -> `<float32>[..., 28, 28]` in [0, 1]."""
+  return images.astype(np.float32) / np.float32(255)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """Training order of epoch `epoch`: a pure function of (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+  """Training steps per epoch; the last partial batch is dropped (the order changes each
+  epoch, so every example is still seen)."""
+  return n // batch_size
+
+
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the training batches of `epoch` from step `start_step` on.
+
+  Yields:
+    {'image': <float32>[batch_size, 28, 28], 'label': <int32>[batch_size]}
+  """
+  perm = epoch_permutation(seed, epoch, len(split))
+  for i in range(start_step, steps_per_epoch(len(split), batch_size)):
+    idx = np.sort(perm[i * batch_size:(i + 1) * batch_size])  # sorted: faster gather
+    yield {"image": to_float(split.images[idx]), "label": split.labels[idx]}
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Yields every example exactly once, in order; the last batch is zero-padded to
+  `batch_size` so that one compiled step serves all, and `mask` marks the real rows.
+
+  Yields:
+    {'image': <float32>[batch_size, 28, 28], 'label': <int32>[batch_size],
+     'mask': <float32>[batch_size]}
+  """
+  n = len(split)
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    pad = batch_size - (stop - start)
+    images, labels = to_float(split.images[start:stop]), split.labels[start:stop]
+    mask = np.ones(stop - start, np.float32)
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
+      labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+    yield {"image": images, "label": labels, "mask": mask}

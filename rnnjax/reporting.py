@@ -1,0 +1,96 @@
+"""What a run tells people: a progress bar, one line and one JSON line per epoch, config.json.
+
+The progress bar is tqdm on a terminal; when output goes to a file or pipe it becomes a
+plain line every ~10% of the epoch, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Progress:
+  """Progress within one epoch: loss, images/s and ETA.
+
+  Call `update(steps_done, loss)` at a coarse interval (each call may wait for the device).
+  """
+
+  def __init__(self, total: int, desc: str, batch_size: int, enabled: bool = True,
+               stream=None, start: int = 0):
+    self.total, self.desc, self.batch_size = total, desc, batch_size
+    self.stream = stream or sys.stderr
+    self.enabled = enabled and total > 0
+    self.start, self.done, self.t0 = start, start, time.perf_counter()
+    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.next_plain = start + max(1, total // 10)
+    self.bar = None
+    if self.enabled and self.tty:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", file=self.stream,
+                      leave=False, dynamic_ncols=True)
+
+  def rate(self) -> float:
+    dt = time.perf_counter() - self.t0
+    return (self.done - self.start) * self.batch_size / dt if dt > 0 else 0.0
+
+  def update(self, done: int, loss: float | None = None) -> None:
+    if not self.enabled:
+      return
+    prev, self.done = self.done, done
+    rate = self.rate()
+    if self.bar is not None:
+      self.bar.update(done - prev)
+      post = {"img/s": f"{rate:,.0f}"}
+      if loss is not None:
+        post["loss"] = f"{loss:.4f}"
+      self.bar.set_postfix(post, refresh=False)
+    elif done >= self.next_plain or done == self.total:
+      self.next_plain = done + max(1, self.total // 10)
+      eta = (self.total - done) * self.batch_size / rate if rate > 0 else math.nan
+      loss_s = f" loss {loss:.4f}" if loss is not None else ""
+      print(f"  {self.desc} {done}/{self.total}{loss_s} {rate:,.0f} img/s eta {eta:.0f}s",
+            file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def epoch_line(r: dict[str, Any]) -> str:
+  return (f"epoch {r['epoch']:3d} | train loss {r['train_loss']:.4f} acc "
+          f"{100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc "
+          f"{100 * r['test_accuracy']:.2f}% | {r['images_per_second']:,.0f} img/s | "
+          f"{r['seconds']:.1f}s")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+  """Writes JSON via a temporary file and a rename, so a reader never sees half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+  """Replaces `path` with `records`, one JSON object per line (atomically)."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+  if not Path(path).exists():
+    return []
+  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

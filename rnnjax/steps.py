@@ -1,0 +1,116 @@
+"""Train state, loss, metrics and the two steps. Pure and undecorated: the loop jits them
+(with donation); a notebook may call them jitted or not.
+
+Metrics are sums and counts, so that batches of any size add up exactly; `summarize`
+divides once per epoch::
+
+    {'loss_sum': <f32>[], 'correct': <i32>[], 'count': <i32>[]}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from rnnjax import models
+
+TrainState = train_state.TrainState
+Batch = dict[str, jnp.ndarray]
+Metrics = dict[str, jnp.ndarray]
+
+
+def make_schedule(config) -> optax.Schedule:
+  """Learning rate as a function of the step: constant, or linear warm-up then cosine."""
+  if config.schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  warmup = int(round(config.warmup_epochs * config.steps_per_epoch))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
+      decay_steps=max(config.total_steps, warmup + 1),
+      end_value=config.learning_rate * config.final_lr_fraction)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Clipping by global norm (identity when `grad_clip_norm` is 0), then Adam or AdamW.
+
+  The optimizer state has the same structure whatever the clipping and schedule values,
+  so those may change when a run is resumed.
+  """
+  clip = (optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0
+          else optax.identity())
+  schedule = make_schedule(config)
+  if config.optimizer == "adamw":
+    opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+  else:
+    opt = optax.adam(schedule)
+  return optax.chain(clip, opt)
+
+
+def input_shape(config) -> tuple[int, int, int]:
+  """Shape of one model input with batch 1: `[1, time, features]`."""
+  return (1, 28, 28)
+
+
+def create_train_state(config, key: jax.Array) -> TrainState:
+  """Initial parameters from `key`, and the optimizer of `config`."""
+  model = models.model_from_config(config)
+  params = model.init(key, jnp.zeros(input_shape(config), jnp.float32))["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Softmax cross-entropy per example: `<f32>[b, C], <i32>[b] -> <f32>[b]`."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def compute_metrics(logits: jnp.ndarray, labels: jnp.ndarray,
+                    mask: jnp.ndarray | None = None) -> Metrics:
+  """Sums and counts over the rows where `mask` is 1 (all rows when None)."""
+  if mask is None:
+    mask = jnp.ones(labels.shape, jnp.float32)
+  correct = (jnp.argmax(logits, -1) == labels) & (mask > 0)
+  return {
+      "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
+      "correct": jnp.sum(correct.astype(jnp.int32)),
+      "count": jnp.sum((mask > 0).astype(jnp.int32)),
+  }
+
+
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  """One Adam step on the mean loss of `batch`.
+
+  Args:
+    state: the train state.
+    batch: {'image': <f32>[b, time, features], 'label': <i32>[b]}.
+  Returns:
+    The new state, and the batch's metrics (computed with the parameters before the step).
+  """
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, batch["image"])
+    return cross_entropy(logits, batch["label"]).mean(), logits
+
+  (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads), compute_metrics(logits, batch["label"])
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+  """Metrics of `batch`; rows with `batch['mask'] == 0` (padding) are left out."""
+  logits = state.apply_fn({"params": state.params}, batch["image"])
+  return compute_metrics(logits, batch["label"], batch.get("mask"))
+
+
+def summarize(metrics: list[Metrics] | Metrics) -> dict[str, Any]:
+  """Adds per-batch metrics on the host (float64) and divides once."""
+  if isinstance(metrics, dict):
+    metrics = [metrics]
+  metrics = jax.device_get(metrics)
+  loss = sum(float(m["loss_sum"]) for m in metrics)
+  correct = sum(int(m["correct"]) for m in metrics)
+  count = sum(int(m["count"]) for m in metrics)
+  return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1),
+          "correct": correct, "count": count}

@@ -1,0 +1,40 @@
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import checkpointing, steps
+
+
+def test_round_trip_is_exact(tiny_config, tmp_path):
+  state = steps.create_train_state(tiny_config, jax.random.key(0))
+  # Non-trivial optimizer state: take one step on random data.
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.random((4, 28, 28), dtype=np.float32),
+           "label": np.arange(4, dtype=np.int32)}
+  state, _ = steps.train_step(state, batch)
+  ckpt = checkpointing.Checkpointer(tmp_path / "ck")
+  ckpt.save(1, state, {"epoch": 1, "history": [{"a": 1.5}]}, {"test_accuracy": 0.5})
+  fresh = steps.create_train_state(tiny_config, jax.random.key(9))
+  restored, meta, step = ckpt.restore(checkpointing.abstract_like(fresh))
+  assert step == 1 and meta == {"epoch": 1, "history": [{"a": 1.5}]}
+  assert int(restored.step) == 1
+  for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
+                  jax.tree.leaves((restored.params, restored.opt_state))):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  ckpt.close()
+
+
+def test_keeps_latest_and_best(tiny_config, tmp_path):
+  state = steps.create_train_state(tiny_config, jax.random.key(0))
+  ckpt = checkpointing.Checkpointer(tmp_path / "ck", keep=2)
+  for step, acc in [(1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7), (5, 0.65)]:
+    ckpt.save(step, state, {"epoch": step}, {"test_accuracy": acc})
+  assert ckpt.steps() == [2, 4, 5]
+  assert (ckpt.latest_step(), ckpt.best_step()) == (5, 2)
+  ckpt.close()
+
+
+def test_no_checkpoint_gives_none(tiny_config, tmp_path):
+  state = steps.create_train_state(tiny_config, jax.random.key(0))
+  assert checkpointing.Checkpointer(tmp_path / "ck").restore(state) is None

@@ -1,0 +1,76 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import train
+
+
+class Crash(Exception):
+  pass
+
+
+def crash_after_first_epoch(line):
+  if line.startswith("epoch   1 "):
+    raise Crash(line)
+
+
+def params_of(state):
+  return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state))]
+
+
+def test_resumed_run_equals_uninterrupted_bit_for_bit(tiny_config, tiny_splits, tmp_path):
+  config = tiny_config.replace(epochs=3, schedule="cosine", warmup_epochs=0.5,
+                               grad_clip_norm=1.0)
+  full, full_history = train.train_and_evaluate(config, tmp_path / "a", tiny_splits)
+  with pytest.raises(Crash):  # dies right after epoch 1 was checkpointed
+    train.train_and_evaluate(config, tmp_path / "b", tiny_splits, log=crash_after_first_epoch)
+  lines = []
+  resumed, history = train.train_and_evaluate(config, tmp_path / "b", tiny_splits,
+                                              log=lines.append)
+  assert lines[0].startswith("resumed from") and "(epoch 1," in lines[0]
+  for a, b in zip(params_of(full), params_of(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in full_history]
+  records = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_workdir_layout_and_metrics(tiny_config, tiny_splits, tmp_path):
+  config = tiny_config.replace(epochs=2)
+  state, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: None)
+  assert json.loads((tmp_path / "config.json").read_text())["hidden_size"] == 8
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert records == history and len(records) == 2
+  r = records[-1]
+  assert r["step"] == 2 * (64 // 16) == int(state.step)
+  assert r["test_count"] == 40 and r["test_accuracy"] == r["test_correct"] / 40
+  for key in ("train_loss", "train_accuracy", "test_loss", "images_per_second", "seconds"):
+    assert np.isfinite(r[key])
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4", "8"]
+
+
+def test_finished_run_says_so(tiny_config, tiny_splits, tmp_path):
+  train.train_and_evaluate(tiny_config, tmp_path, tiny_splits, log=lambda s: None)
+  lines = []
+  _, history = train.train_and_evaluate(tiny_config, tmp_path, tiny_splits, log=lines.append)
+  assert lines[-1].startswith("run already finished: 1 of 1 epochs") and len(history) == 1
+  # Asking for more epochs continues from the checkpoint.
+  _, history = train.train_and_evaluate(tiny_config.replace(epochs=2), tmp_path, tiny_splits,
+                                        log=lines.append)
+  assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_changed_model_shape_is_refused(tiny_config, tiny_splits, tmp_path):
+  train.train_and_evaluate(tiny_config, tmp_path, tiny_splits, log=lambda s: None)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  with pytest.raises(train.WorkdirError, match="hidden_size: 8 in the workdir, 16 now.*new --workdir"):
+    train.train_and_evaluate(tiny_config.replace(hidden_size=16), tmp_path, tiny_splits)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_evaluation_counts_every_test_example(tiny_config, tiny_splits, tmp_path):
+  config = tiny_config.replace(eval_batch_size=16)  # 40 = 16 + 16 + 8 (padded)
+  _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: None)
+  assert history[-1]["test_count"] == 40
