@@ -43,8 +43,19 @@ class SequenceClassifier(nn.Module):
     for k in range(self.num_layers):
       # parent=None keeps the cell under the RNN's name: params['rnn_0']['cell'][...].
       cell = nn.OptimizedLSTMCell(self.hidden_size, parent=None)
-      x = nn.RNN(cell, name=f"rnn_{k}")(x)
+      x = nn.RNN(cell, name=f"rnn_{k}")(x, initial_carry=zero_carry(x, self.hidden_size))
     return nn.Dense(self.num_classes, name="head")(x[:, -1])
+
+
+def zero_carry(x: jnp.ndarray, hidden_size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Zero LSTM carry `(c, h)`, each `[batch, hidden]`, derived from `x <[batch, time, f]>`.
+
+  Derived from the input rather than made fresh, so that it has the input's dtype (float64
+  under x64) and its batch sharding (a fresh zero carry is unsharded, which a scan over a
+  batch-sharded input rejects under explicit mesh axes).
+  """
+  zeros = jnp.broadcast_to(jnp.zeros_like(x[:, 0, :1]), (x.shape[0], hidden_size))
+  return zeros, zeros
 
 
 def model_from_config(config) -> SequenceClassifier:
