@@ -36,9 +36,14 @@ def digest(stdout):
   return [l for l in stdout.splitlines() if l.startswith("DIGEST")][-1]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Final parameters of an uninterrupted run."""
+  return digest(run(tmp_path_factory.mktemp("ref")))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_to_identical_parameters(tmp_path, sig):
-  reference = digest(run(tmp_path / "ref"))
+def test_killed_run_resumes_to_identical_parameters(tmp_path, sig, reference):
   workdir = tmp_path / "killed"
   p = subprocess.Popen([sys.executable, "-c", DRIVER, str(workdir)], cwd=REPO,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
