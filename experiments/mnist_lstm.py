@@ -16,8 +16,10 @@ beside this repository.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +60,7 @@ def positive_float(text: str) -> float:
   return value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description="Train an LSTM on row-wise MNIST; rerun the same command to resume.",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -72,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--hidden-size", type=positive_int)
   p.add_argument("--num-layers", type=positive_int)
   p.add_argument("--learning-rate", type=positive_float)
+  p.add_argument("--augment-shift", type=non_negative_int,
+                 help="random training-image shifts of up to this many pixels (0: off)")
   p.add_argument("--seed", type=non_negative_int)
   p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
                  help="tfds, idx (NumPy reader, no TensorFlow) or auto (tfds if installed)")
@@ -79,8 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--manual-dir",
                  help="folder with the four MNIST files for offline use (default: "
                       "$RNNJAX_MANUAL_DIR, else ../shared/data/mnist when it exists)")
+  p.add_argument("--checkpoint-every", type=non_negative_int, metavar="STEPS",
+                 help="also checkpoint every STEPS training steps (default: after each "
+                      "epoch, and on SIGTERM/SIGINT)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
+  return p
 
 
 def build_config(args: argparse.Namespace) -> config_lib.Config:
@@ -88,6 +95,8 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
       "epochs": args.epochs, "batch_size": args.batch_size,
       "eval_batch_size": args.eval_batch_size, "hidden_size": args.hidden_size,
       "num_layers": args.num_layers, "learning_rate": args.learning_rate, "seed": args.seed,
+      "augment_shift": args.augment_shift,
+      "checkpoint_every_steps": args.checkpoint_every,
       "data_source": args.data_source, "data_dir": args.data_dir,
   }
   overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -100,16 +109,36 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
   return config_lib.get_config(args.preset).replace(**overrides)
 
 
+def library_output_to(workdir: Path):
+  """Sends what the libraries print (Orbax and absl logs, TensorFlow's C++ logs, tracebacks
+  that background threads print) to `workdir/library.log`, and returns a stream to the
+  terminal for rnnjax's own lines, progress bar and one-line errors. When the workdir cannot
+  be made, changes nothing and returns stderr (the run then explains)."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(workdir / "library.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  except OSError:
+    return sys.stderr
+  sys.stderr.flush()
+  terminal = os.fdopen(os.dup(2), "w", buffering=1)
+  os.dup2(log_fd, 2)  # sys.stderr and every C library now write to the log
+  os.close(log_fd)
+  logging.raiseExceptions = False  # a full disk may refuse the log too: stay quiet about it
+  return terminal
+
+
 def main(argv=None) -> int:
-  args = parse_args(argv)
+  parser = make_parser()
+  args = parser.parse_args(argv)
   try:
     config = build_config(args)
-  except ValueError as e:  # a combination argparse cannot check on its own
-    print(f"mnist_lstm.py: error: {e}", file=sys.stderr)
-    return 2
+  except ValueError as e:  # a value or combination argparse cannot check on its own
+    parser.error(str(e))  # usage, the message, exit status 2
 
   # Imported after parsing, so that --help and usage errors are instant.
-  from rnnjax import checkpointing, data, train
+  from rnnjax import checkpointing, data, reporting, train
+  terminal = library_output_to(Path(args.workdir))
+  reporting.set_console(terminal)
 
   print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
         f"{config.manual_dir or config.data_dir or 'tfds default'}", flush=True)
@@ -117,12 +146,18 @@ def main(argv=None) -> int:
     _, history = train.train_and_evaluate(config, args.workdir)
   except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
           train.TrainingDiverged) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=terminal)
     return 1
+  except train.Preempted as e:
+    print(f"{e}", file=terminal)
+    return 128 + e.signum
   except KeyboardInterrupt:
     print(f"\ninterrupted; rerun the same command to resume from the last checkpoint in "
-          f"{args.workdir}", file=sys.stderr)
+          f"{args.workdir}", file=terminal)
     return 130
+  except Exception:  # a bug, not a user mistake: the whole story, where the user looks
+    traceback.print_exc(file=terminal)
+    return 1
   if history:
     last = history[-1]
     print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs; "

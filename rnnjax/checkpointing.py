@@ -59,8 +59,17 @@ class Checkpointer:
     """Writes checkpoint `step`; `metrics` (with `test_accuracy`) rank it for `best_step`."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
-    self.manager.save(step, args=args, metrics=metrics, force=True)
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=args, metrics=metrics, force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - a full disk surfaces as many kinds
+      # Orbax writes into a temporary folder and deletes old steps only after the rename,
+      # so the checkpoints already on disk are intact; the next start removes the leftover.
+      raise CheckpointError(
+          f"could not write checkpoint {self.directory / str(step)} ({type(e).__name__}: "
+          f"{_first_line(e)}). The earlier checkpoints are untouched. Is the disk full? Free "
+          "some space (or use another --workdir), then rerun the same command to resume."
+      ) from e
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores `step` (default: the newest readable one) onto `abstract_state`'s structure.
@@ -70,12 +79,13 @@ class Checkpointer:
       cannot be read, warns, names it, and falls back to the next older one.
     """
     candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
+    unreadable = []
     for s in candidates:
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
-        if _is_structure_mismatch(e):
+        if self._holds_other_shapes(s, abstract_state):
           raise CheckpointError(
               f"checkpoint {self.directory / str(s)} does not fit this config's model or "
               f"optimizer ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Use a new "
@@ -84,7 +94,10 @@ class Checkpointer:
                         self.directory / str(s), type(e).__name__, str(e).splitlines()[0][:200])
         print(f"warning: checkpoint {self.directory / str(s)} is unreadable "
               f"({type(e).__name__}); trying an older one.", flush=True)
+        unreadable.append(s)
         continue
+      if unreadable and step is None:
+        self._set_aside(unreadable)
       return restored["state"], dict(restored["meta"]), s
     if candidates:
       raise CheckpointError(
@@ -92,13 +105,39 @@ class Checkpointer:
           "start afresh, or restore it from a backup.")
     return None
 
+  def _holds_other_shapes(self, step: int, abstract_state) -> bool:
+    """Whether checkpoint `step` is intact enough to describe its arrays, and they differ
+    from `abstract_state`'s (another model): a config error, not damage."""
+    try:
+      stored = self.manager.item_metadata(step)["state"]
+    except Exception:  # noqa: BLE001 - unreadable metadata: damage
+      return False
+    if stored is None:
+      return False
+    shapes = lambda tree: sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(tree))
+    return shapes(stored) != shapes(abstract_state)
+
+  def _set_aside(self, bad_steps: list[int]) -> None:
+    """Moves unreadable checkpoints newer than the one restored out of the manager's way
+    (the run will write those steps again), keeping them for inspection."""
+    aside = self.directory.parent / "unreadable_checkpoints"
+    aside.mkdir(exist_ok=True)
+    for s in bad_steps:
+      target = aside / str(s)
+      n = 1
+      while target.exists():
+        target, n = aside / f"{s}.{n}", n + 1
+      os.replace(self.directory / str(s), target)
+      print(f"warning: moved the unreadable checkpoint {s} to {target}", flush=True)
+    self.manager.reload()
+
   def close(self) -> None:
     self.manager.close()
 
 
-def _is_structure_mismatch(e: Exception) -> bool:
-  text = str(e)
-  return any(s in text for s in ("shape", "Shape", "structure", "mismatch", "tree"))
+def _first_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0][:300] if lines else ""
 
 
 def abstract_like(state):

@@ -54,8 +54,14 @@ class Config:
     final_lr_fraction: end of the cosine decay, as a fraction of `learning_rate`.
     grad_clip_norm: clip gradients to this global norm; 0 turns clipping off.
     weight_decay: AdamW decoupled weight decay (optimizer `adamw` only).
-    seed: root of all randomness: parameter init and the data order of every epoch.
+    augment_shift: translate each training image by a random whole number of pixels in
+      [-augment_shift, augment_shift] along each axis (zero fill); 0 turns it off. Drawn
+      per (seed, epoch) like the order, so resuming sees the same images.
+    seed: root of all randomness: parameter init, the data order and the augmentation of
+      every epoch.
     keep_checkpoints: how many of the latest checkpoints to keep (the best is kept as well).
+    checkpoint_every_steps: also checkpoint every this many training steps, mid-epoch
+      included (0: only after each epoch and when stopped by SIGTERM/SIGINT).
     data_source: `tfds` (tensorflow-datasets), `idx` (the four IDX files read with NumPy,
       no TensorFlow needed) or `auto` (tfds when TensorFlow is importable, else idx).
     data_dir: tfds data dir; None means tfds's default (`~/tensorflow_datasets` or
@@ -81,8 +87,10 @@ class Config:
   final_lr_fraction: float = 0.0
   grad_clip_norm: float = 0.0
   weight_decay: float = 0.0
+  augment_shift: int = 0
   seed: int = 0
   keep_checkpoints: int = 2
+  checkpoint_every_steps: int = 0
   data_source: str = "auto"
   data_dir: str | None = None
   manual_dir: str | None = None
@@ -127,9 +135,16 @@ def validate(c: Config) -> list[str]:
       errors.append(f"{field} must be a positive integer, got {value!r}")
   if not c.learning_rate > 0:
     errors.append(f"learning_rate must be > 0, got {c.learning_rate!r}")
+  if (not isinstance(c.checkpoint_every_steps, int) or isinstance(c.checkpoint_every_steps, bool)
+      or c.checkpoint_every_steps < 0):
+    errors.append(f"checkpoint_every_steps must be an integer >= 0, got "
+                  f"{c.checkpoint_every_steps!r}")
   for field in ("warmup_epochs", "grad_clip_norm", "weight_decay"):
     if not getattr(c, field) >= 0:
       errors.append(f"{field} must be >= 0, got {getattr(c, field)!r}")
+  if (not isinstance(c.augment_shift, int) or isinstance(c.augment_shift, bool)
+      or not 0 <= c.augment_shift <= 13):
+    errors.append(f"augment_shift must be an integer in [0, 13], got {c.augment_shift!r}")
   if not 0 <= c.final_lr_fraction <= 1:
     errors.append(f"final_lr_fraction must be in [0, 1], got {c.final_lr_fraction!r}")
   if c.schedule not in SCHEDULES:
@@ -159,7 +174,7 @@ def default() -> Config:
   """The best single-run setup found for a 2-core CPU within 15 minutes (see README)."""
   return Config(
       name="default", epochs=20, batch_size=100, learning_rate=2e-3, schedule="cosine",
-      warmup_epochs=1.0, grad_clip_norm=1.0)
+      warmup_epochs=1.0, grad_clip_norm=1.0, augment_shift=2)
 
 
 def tiny() -> Config:

@@ -295,17 +295,56 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
   return n // batch_size
 
 
+def epoch_shifts(seed: int, epoch: int, n: int, max_shift: int) -> np.ndarray:
+  """Random translations of epoch `epoch`: `<int>[n, 2]` (rows, columns) in
+  [-max_shift, max_shift], one per position of the epoch's order; a pure function of
+  (seed, epoch), independent of the order's own stream."""
+  return np.random.default_rng([seed, epoch, 1]).integers(
+      -max_shift, max_shift + 1, size=(n, 2))
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+  """Translates each image by whole pixels, filling with zeros (the background).
+
+  Args:
+    images: `[b, H, W]`.
+    shifts: `<int>[b, 2]`: rows down, columns right (negative: up, left).
+  Returns:
+    `[b, H, W]`, same dtype; pixels moved out of the frame are lost.
+  """
+  b, h, w = images.shape
+  s = int(np.abs(shifts).max(initial=0))
+  if s == 0:
+    return images.copy()
+  padded = np.zeros((b, h + 2 * s, w + 2 * s), images.dtype)
+  padded[:, s:s + h, s:s + w] = images
+  out = np.empty_like(images)
+  for k, (dy, dx) in enumerate(shifts):
+    out[k] = padded[k, s - dy:s - dy + h, s - dx:s - dx + w]
+  return out
+
+
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  start_step: int = 0, max_shift: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Yields the training batches of `epoch` from step `start_step` on.
+
+  Order and augmentation (random translations by up to `max_shift` pixels, off when 0) are
+  pure functions of (seed, epoch): resuming at `start_step` gives the same batches.
 
   Yields:
     {'image': <float32>[batch_size, 28, 28], 'label': <int32>[batch_size]}
   """
-  perm = epoch_permutation(seed, epoch, len(split))
-  for i in range(start_step, steps_per_epoch(len(split), batch_size)):
-    idx = np.sort(perm[i * batch_size:(i + 1) * batch_size])  # sorted: faster gather
-    yield {"image": to_float(split.images[idx]), "label": split.labels[idx]}
+  n = len(split)
+  perm = epoch_permutation(seed, epoch, n)
+  shifts = epoch_shifts(seed, epoch, n, max_shift) if max_shift > 0 else None
+  for i in range(start_step, steps_per_epoch(n, batch_size)):
+    pos = slice(i * batch_size, (i + 1) * batch_size)
+    order = np.argsort(perm[pos], kind="stable")  # sorted indices: faster gather
+    idx = perm[pos][order]
+    images = split.images[idx]
+    if shifts is not None:
+      images = shift_images(images, shifts[pos][order])
+    yield {"image": to_float(images), "label": split.labels[idx]}
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -15,6 +15,21 @@ from pathlib import Path
 from typing import Any
 
 
+_console = None
+
+
+def console():
+  """Where rnnjax's own messages to a person go (progress, stop notices): stderr, unless a
+  front end set another stream with `set_console` (the CLI does, when it sends library
+  output to a log file)."""
+  return _console or sys.stderr
+
+
+def set_console(stream) -> None:
+  global _console
+  _console = stream
+
+
 class Progress:
   """Progress within one epoch: loss, images/s and ETA.
 
@@ -24,7 +39,7 @@ class Progress:
   def __init__(self, total: int, desc: str, batch_size: int, enabled: bool = True,
                stream=None, start: int = 0):
     self.total, self.desc, self.batch_size = total, desc, batch_size
-    self.stream = stream or sys.stderr
+    self.stream = stream or console()
     self.enabled = enabled and total > 0
     self.start, self.done, self.t0 = start, start, time.perf_counter()
     self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()

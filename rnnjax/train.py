@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -65,10 +67,65 @@ def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int) -> 
   return steps.summarize(metrics)
 
 
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; the position was checkpointed. Rerun to resume."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop after the current step.
+
+  A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once: the run then resumes
+  from its last checkpoint. Handlers are installed only in the main thread and restored on
+  exit, so a notebook kernel gets its own back.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a "
+          "checkpoint (Ctrl-C again to stop at once)", file=reporting.console(), flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _add_metrics(totals: dict[str, Any], metrics: list[steps.Metrics]) -> dict[str, Any]:
+  """Adds per-step metrics to running host totals, in order: chunked or not, the sums are
+  the same floats as `steps.summarize` of the whole list (resumes stay bit-identical)."""
+  for m in jax.device_get(metrics):
+    totals["loss_sum"] += float(m["loss_sum"])
+    totals["correct"] += int(m["correct"])
+    totals["count"] += int(m["count"])
+  return totals
+
+
 def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                        splits: tuple[data.Split, data.Split] | None = None,
                        log: Callable[[str], Any] = print):
   """Trains `config` in `workdir`, resuming from its checkpoints when it has any.
+
+  Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
+  (when > 0), and when SIGTERM or SIGINT asks the run to stop: then the current step
+  finishes, its position inside the epoch is saved, and `Preempted` is raised. A resumed run
+  sees exactly the batches the uninterrupted one would, so it ends bit-identical.
 
   Args:
     config: the run.
@@ -77,10 +134,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     log: where the per-epoch lines go.
   Returns:
     (final train state, history: one dict per epoch, as in metrics.jsonl).
+  Raises:
+    WorkdirError, data.DataError, checkpointing.CheckpointError: unusable input; nothing
+      written is lost.
+    TrainingDiverged: a non-finite loss; the last good checkpoint stays.
+    Preempted: stopped by a signal after saving a checkpoint.
   """
   workdir = Path(workdir)
   check_workdir(workdir, config)
-  reporting.write_json_atomic(workdir / "config.json", config.to_dict())
   train_split, test_split = splits if splits is not None else data.load_dataset(config)
   steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
   if steps_per_epoch < 1:
@@ -90,57 +151,107 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   state = steps.create_train_state(config, jax.random.key(config.seed))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   history: list[dict[str, Any]] = []
-  start_epoch = 0
+  start_epoch, start_step, partial = 0, 0, None
   try:
     restored = ckpt.restore(checkpointing.abstract_like(state))
+    reporting.write_json_atomic(workdir / "config.json", config.to_dict())
     if restored is not None:
       state, meta, step = restored
       history, start_epoch = meta["history"], meta["epoch"]
+      start_step, partial = meta.get("epoch_step", 0), meta.get("partial")
       # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
       reporting.write_jsonl(workdir / "metrics.jsonl", history)
-      log(f"resumed from {ckpt.directory / str(step)} (epoch {start_epoch}, step {step})")
+      where = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
+      log(f"resumed from {ckpt.directory / str(step)} (epoch {start_epoch}, step {step}"
+          f"{where})")
+    else:
+      reporting.write_jsonl(workdir / "metrics.jsonl", [])
     if start_epoch >= config.epochs:
       log(f"run already finished: {start_epoch} of {config.epochs} epochs in {workdir}")
       return state, history
 
     train_step, eval_step = jit_steps()
-    for epoch in range(start_epoch, config.epochs):
-      t0 = time.perf_counter()
-      progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
-                                    config.batch_size, enabled=config.progress)
-      every = max(1, steps_per_epoch // 50)
-      train_metrics = []
-      for i, batch in enumerate(data.train_batches(train_split, config.batch_size,
-                                                   config.seed, epoch), start=1):
-        state, m = train_step(state, batch)
-        train_metrics.append(m)
-        if i % every == 0 or i == steps_per_epoch:
-          progress.update(i, float(m["loss_sum"]) / config.batch_size)
-      train = steps.summarize(train_metrics)  # waits for the last step
-      train_seconds = time.perf_counter() - t0
-      progress.close()
-      if not math.isfinite(train["loss"]):
-        record = {"epoch": epoch + 1, "diverged": True, "train_loss": train["loss"]}
+    saved_step = int(state.step)
+    every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
+    with StopSignals() as stop:
+      for epoch in range(start_epoch, config.epochs):
+        first = start_step if epoch == start_epoch else 0
+        totals = dict(partial) if (partial and epoch == start_epoch) else {
+            "loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+        t0 = time.perf_counter() - totals["seconds"]
+        progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
+                                      config.batch_size, enabled=config.progress, start=first)
+        pending: list[steps.Metrics] = []
+        batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
+                                     start_step=first, max_shift=config.augment_shift)
+        for i, batch in enumerate(batches, start=first + 1):
+          state, m = train_step(state, batch)
+          pending.append(m)
+          step = int(state.step)
+          periodic = (config.checkpoint_every_steps > 0
+                      and step % config.checkpoint_every_steps == 0)
+          stopping = stop.signum is not None
+          if not (i % every == 0 or i == steps_per_epoch or periodic or stopping):
+            continue
+          first_step_of_pending = step - len(pending) + 1
+          losses = [float(x["loss_sum"]) for x in jax.device_get(pending)]
+          bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
+          if bad:
+            _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
+                      losses[bad[0]] / config.batch_size)
+          _add_metrics(totals, pending)
+          pending = []
+          progress.update(i, losses[-1] / config.batch_size)
+          if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
+            totals["seconds"] = time.perf_counter() - t0
+            ckpt.save(step, state, {"epoch": epoch, "epoch_step": i, "partial": totals,
+                                    "history": history})
+            saved_step = step
+          if stopping and i < steps_per_epoch:
+            progress.close()
+            raise _preempted(stop.signum, ckpt, epoch, i, steps_per_epoch, step)
+        train_seconds = time.perf_counter() - t0
+        progress.close()
+        count = max(totals["count"], 1)
+        test = evaluate(eval_step, state, test_split, config.eval_batch_size)
+        record = {
+            "epoch": epoch + 1, "step": int(state.step),
+            "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_correct": test["correct"], "test_count": test["count"],
+            "learning_rate": float(steps.make_schedule(config)(int(state.step))),
+            "images_per_second": totals["count"] / train_seconds,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        ckpt.save(int(state.step), state, {"epoch": epoch + 1, "history": history},
+                  metrics={"test_accuracy": test["accuracy"]})
+        saved_step = int(state.step)
         reporting.append_jsonl(workdir / "metrics.jsonl", record)
-        raise TrainingDiverged(
-            f"the training loss became {train['loss']} in epoch {epoch + 1} (by step "
-            f"{int(state.step)}); the last good checkpoint in {ckpt.directory} is kept. Try a "
-            "lower --learning-rate or gradient clipping.")
-      test = evaluate(eval_step, state, test_split, config.eval_batch_size)
-      record = {
-          "epoch": epoch + 1, "step": int(state.step),
-          "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-          "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-          "test_correct": test["correct"], "test_count": test["count"],
-          "learning_rate": float(steps.make_schedule(config)(int(state.step))),
-          "images_per_second": train["count"] / train_seconds,
-          "seconds": time.perf_counter() - t0,
-      }
-      history.append(record)
-      ckpt.save(int(state.step), state, {"epoch": epoch + 1, "history": history},
-                metrics={"test_accuracy": test["accuracy"]})
-      reporting.append_jsonl(workdir / "metrics.jsonl", record)
-      log(reporting.epoch_line(record))
+        log(reporting.epoch_line(record))
+        if stop.signum is not None and epoch + 1 < config.epochs:
+          raise _preempted(stop.signum, ckpt, epoch + 1, 0, steps_per_epoch, saved_step)
   finally:
     ckpt.close()
   return state, history
+
+
+def _diverged(workdir: Path, ckpt, epoch: int, step: int, loss: float):
+  reporting.append_jsonl(workdir / "metrics.jsonl",
+                         {"epoch": epoch + 1, "step": step, "diverged": True, "train_loss": loss})
+  last = ckpt.latest_step()
+  kept = (f"the last good checkpoint, {ckpt.directory / str(last)}, is kept" if last is not None
+          else "no checkpoint had been written yet")
+  raise TrainingDiverged(
+      f"the training loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. Try a "
+      "lower --learning-rate or gradient clipping, in a new --workdir or from that checkpoint.")
+
+
+def _preempted(signum: int, ckpt, epoch: int, epoch_step: int, steps_per_epoch: int,
+               step: int) -> Preempted:
+  where = (f"at step {epoch_step} of {steps_per_epoch} in epoch {epoch + 1}" if epoch_step
+           else f"after epoch {epoch}")
+  return Preempted(
+      f"stopped by {signal.Signals(signum).name} {where}; checkpoint "
+      f"{ckpt.directory / str(step)} holds the position. Rerun the same command to resume.",
+      signum)

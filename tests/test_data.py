@@ -80,6 +80,45 @@ def test_train_batches_shapes_order_and_resume():
   np.testing.assert_array_equal(batches[0]["image"], split.images[idx] / np.float32(255))
 
 
+def test_shift_images_hand_computed():
+  img = np.zeros((3, 5, 5), np.uint8)
+  img[:, 2, 2] = 7  # one bright pixel in the centre
+  img[2, 0, 0] = 9  # and one in the corner of the third image
+  out = data.shift_images(img, np.array([[1, -2], [0, 0], [-1, 1]]))
+  assert out[0, 3, 0] == 7 and out[0].sum() == 7  # down 1, left 2
+  np.testing.assert_array_equal(out[1], img[1])  # no shift
+  assert out[2, 1, 3] == 7 and out[2].sum() == 7  # up 1, right 1: the corner pixel left
+  assert out.dtype == np.uint8 and img[0, 2, 2] == 7  # input untouched
+
+
+def test_augmented_batches_pure_resumable_and_bounded():
+  split = synthetic_split(48, 2)
+  split.images[:, :2] = 0  # a 2-pixel empty frame: shifts by <= 2 lose no pixel
+  split.images[:, -2:] = 0
+  split.images[:, :, :2] = 0
+  split.images[:, :, -2:] = 0
+  plain = list(data.train_batches(split, 16, seed=3, epoch=1))
+  a = list(data.train_batches(split, 16, seed=3, epoch=1, max_shift=2))
+  b = list(data.train_batches(split, 16, seed=3, epoch=1, max_shift=2, start_step=1))
+  other = list(data.train_batches(split, 16, seed=3, epoch=2, max_shift=2))
+  for x, y in zip(a[1:], b):  # resuming mid-epoch: the same shifted images
+    np.testing.assert_array_equal(x["image"], y["image"])
+  for x, p in zip(a, plain):
+    np.testing.assert_array_equal(x["label"], p["label"])  # same examples, same order
+    np.testing.assert_allclose(x["image"].sum((1, 2)), p["image"].sum((1, 2)), rtol=1e-6)
+  assert any(not np.array_equal(x["image"], p["image"]) for x, p in zip(a, plain))
+  assert not np.array_equal(a[0]["image"], other[0]["image"])
+  # Each image is its plain version moved by the epoch's shift for its position.
+  perm = data.epoch_permutation(3, 1, 48)
+  shifts = data.epoch_shifts(3, 1, 48, 2)
+  order = np.argsort(perm[:16], kind="stable")
+  for k in range(16):
+    dy, dx = shifts[order[k]]
+    np.testing.assert_array_equal(np.roll(plain[0]["image"][k], (dy, dx), (0, 1)),
+                                  a[0]["image"][k])
+  assert np.abs(shifts).max() == 2
+
+
 @pytest.mark.parametrize("n,batch", [(95, 20), (40, 40), (7, 100)])
 def test_eval_batches_cover_each_example_once(n, batch):
   split = synthetic_split(n, 0)
