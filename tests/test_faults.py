@@ -7,11 +7,11 @@ import shutil
 import signal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rnnjax import checkpointing, train
+from rnnjax import config as config_lib
 
 
 def leaves(state):
@@ -29,16 +29,17 @@ def tree_of(path):
           if p.is_file()}
 
 
-@pytest.fixture
-def config(tiny_config):
+@pytest.fixture(scope="module")
+def config():
   # 64 training examples, batch 16: 4 steps per epoch.
-  return tiny_config.replace(epochs=3, schedule="cosine", warmup_epochs=0.5,
-                             grad_clip_norm=1.0, augment_shift=2)
+  return config_lib.get_config("tiny").replace(
+      epochs=3, schedule="cosine", warmup_epochs=0.5, grad_clip_norm=1.0, augment_shift=2)
 
 
-@pytest.fixture
-def uninterrupted(config, tiny_splits, tmp_path):
-  return train.train_and_evaluate(config, tmp_path / "full", tiny_splits, log=lambda s: None)
+@pytest.fixture(scope="module")
+def uninterrupted(config, tiny_splits, tmp_path_factory):
+  return train.train_and_evaluate(config, tmp_path_factory.mktemp("full"), tiny_splits,
+                                  log=lambda s: None)
 
 
 def signalling_steps(at_call: int, signum=signal.SIGTERM):
