@@ -79,15 +79,22 @@ def main(argv=None) -> int:
                       "the uninterrupted run's duration)")
   p.add_argument("--seed", type=int, default=0, help="of the kill delays")
   p.add_argument("--workdir", type=Path, help="default: a new temporary folder")
+  p.add_argument("--reference", help="DIGEST line of an uninterrupted run with the same "
+                 "--epochs and --every, if already known (then --max-delay is needed)")
   args = p.parse_args(argv)
   rng = random.Random(args.seed)
   root = args.workdir or Path(tempfile.mkdtemp(prefix="kill_resume_"))
 
   t0 = time.time()
-  reference, _ = run_to_end(root / "reference", args.epochs, args.every)
-  duration = time.time() - t0
-  max_delay = args.max_delay or duration
-  print(f"uninterrupted run: {reference} ({duration:.1f}s)", flush=True)
+  if args.reference:
+    reference, max_delay = args.reference, args.max_delay
+    if not max_delay:
+      p.error("--reference needs --max-delay")
+  else:
+    reference, _ = run_to_end(root / "reference", args.epochs, args.every)
+    duration = time.time() - t0
+    max_delay = args.max_delay or duration
+    print(f"uninterrupted run: {reference} ({duration:.1f}s)", flush=True)
 
   workdir = root / "killed"
   kills = 0

@@ -58,6 +58,7 @@ def test_changed_hidden_size_is_refused_and_nothing_lost(tmp_path, tiny_splits):
 
 @requires_mnist
 @pytest.mark.slow
+@pytest.mark.xdist_group("tfds")  # one worker prepares tfds's MNIST for both tests
 def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir):
   """One epoch of a small LSTM on the real files through tfds, then a resume that finds the
   run finished."""

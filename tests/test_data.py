@@ -158,6 +158,7 @@ def test_idx_source_real_files(mnist_dir):
 
 @requires_mnist
 @pytest.mark.slow
+@pytest.mark.xdist_group("tfds")  # one worker prepares tfds's MNIST for both tests
 def test_tfds_and_idx_sources_identical(mnist_dir, tfds_data_dir):
   data_dir = tfds_data_dir
   for split in ("train", "test"):

@@ -173,31 +173,40 @@ def test_first_adam_step_moves_every_parameter_by_the_learning_rate():
     assert np.median(moved) == pytest.approx(lr, rel=1e-4)
 
 
-def params_digest(seed: int, n: int) -> str:
-  code = f"""
+def params_digests(seeds: list[int], n: int) -> list[str]:
+  """Digest of the parameters after `n` steps, one separate process per seed (run side by
+  side)."""
+  code = """
 import hashlib, jax, numpy as np, sys
-sys.path.insert(0, {str(REPO / 'tests')!r})
+sys.path.insert(0, {tests!r})
 from conftest import synthetic_split
 from rnnjax import config, data, steps
+seed, n = int(sys.argv[1]), int(sys.argv[2])
 c = config.get_config('tiny')
-state = steps.create_train_state(c, jax.random.key({seed}))
+state = steps.create_train_state(c, jax.random.key(seed))
 step = jax.jit(steps.train_step, donate_argnums=0)
-for b in list(data.train_batches(synthetic_split(64, 0), 16, {seed}, 0))[:{n}]:
+for b in list(data.train_batches(synthetic_split(64, 0), 16, seed, 0))[:n]:
   state, _ = step(state, b)
 h = hashlib.sha256()
 for leaf in jax.tree.leaves(state.params):
   h.update(np.asarray(leaf).tobytes())
 print(h.hexdigest())
-"""
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-  assert r.returncode == 0, r.stderr
-  return r.stdout.strip().splitlines()[-1]
+""".format(tests=str(REPO / "tests"))
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(n)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for seed in seeds]
+  digests = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    digests.append(out.strip().splitlines()[-1])
+  return digests
 
 
 def test_same_seed_bit_identical_in_two_processes():
-  a, b = params_digest(0, 4), params_digest(0, 4)
+  a, b, other = params_digests([0, 0, 1], 4)
   assert a == b
-  assert params_digest(1, 4) != a
+  assert other != a
 
 
 def test_examples_do_not_leak_across_the_batch():

@@ -54,10 +54,11 @@ def test_stopped_run_resumes_to_identical_parameters(tmp_path, sig, reference):
   assert digest(out) == reference
 
 
-def test_random_kills_resume_bit_identical(tmp_path):
+def test_random_kills_resume_bit_identical(tmp_path, reference):
   """Two SIGKILLs at random moments (tests/kill_resume.py --kills 20 for the full check)."""
   r = subprocess.run([sys.executable, str(REPO / "tests" / "kill_resume.py"), "--kills", "2",
-                      "--epochs", "2", "--every", "2", "--workdir", str(tmp_path)],
+                      "--epochs", str(EPOCHS), "--every", str(EVERY), "--reference", reference,
+                      "--max-delay", "8", "--workdir", str(tmp_path)],
                      capture_output=True, text=True, cwd=REPO, timeout=600)
   print(r.stdout)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
