@@ -131,3 +131,11 @@ def test_disk_full_during_save(good_workdir, mnist_dir):
   assert r.returncode == 0 and "run already finished: 1 of 1 epochs" in r.stdout
   assert snapshot(good_workdir) == before
   assert not [p for p in (good_workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--learning-rate", "nan"],
+                                  ["--augment-shift", "99"], ["--checkpoint-every", "-3"]])
+def test_invalid_values_leave_the_workdir_alone(good_workdir, args):
+  before = snapshot(good_workdir)
+  r = run_cli("--workdir", good_workdir, *TINY, *args)
+  check_refused(r, good_workdir, before, "usage:", "error:", code=2)
