@@ -101,15 +101,26 @@ def test_workdir_below_a_file(tmp_path):
   assert "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
-def test_read_only_workdir(good_workdir):
+def lock(path):
+  """Makes `path` unwritable: chmod for ordinary users; root ignores permissions, so for
+  root the immutable attribute (chattr +i). Returns the undo function."""
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    return lambda: path.chmod(0o755)
+  r = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+  if r.returncode != 0:
+    pytest.skip(f"cannot make a folder unwritable as root here: {r.stderr.strip()}")
+  return lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_unwritable_workdir(good_workdir):
   before = snapshot(good_workdir)
-  good_workdir.chmod(0o555)
+  unlock = lock(good_workdir)
   try:
     r = run_cli("--workdir", good_workdir, *TINY)
   finally:
-    good_workdir.chmod(0o755)
-  check_refused(r, good_workdir, before, "is not writable")
+    unlock()
+  check_refused(r, good_workdir, before, "is not writable", "Choose another --workdir")
 
 
 @requires_mnist
