@@ -1,0 +1,302 @@
+"""Throughput of rnnjax's real training and evaluation steps, optionally against PyTorch.
+
+Command (from the repository root):
+
+    python experiments/benchmark.py                       # every setting, rnnjax only
+    python experiments/benchmark.py --compare-torch       # and PyTorch nn.LSTM, with ratios
+    python experiments/benchmark.py --settings tutorial --json
+    python experiments/benchmark.py --allocator tuned     # glibc malloc tunables, see below
+
+Each figure comes from its own process (so that peak memory and allocator state belong to
+one setting and one framework): warm-up, then `--windows` timed windows of about
+`--window-seconds` each, with device synchronisation at both ends; images/s is reported as
+the median, min and max over windows. Also: the first call's time (compilation included),
+the process's peak resident memory (CPU) or the device's peak bytes (GPU), the matmul FLOPs
+per image (counted from the LSTM equations: 2 FLOPs per multiply-add; training = 3x the
+forward pass) and the fraction of this machine's measured float32 matmul peak that the
+throughput implies.
+
+Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `small` (train,
+batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
+sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100).
+
+`--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
+`default` (none), `tuned` (arena_max=1, mmap_threshold=4 GiB, trim_threshold=64 GiB: freed
+memory is kept instead of returned to the kernel), `hugetlb` (transparent huge pages for
+malloc). torch is an optional extra (`pip install torch==2.13.0` gives a CPU build here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# name -> (mode, batch, hidden, time steps, features)
+SETTINGS = {
+    "tutorial": ("train", 100, 256, 28, 28),
+    "small": ("train", 128, 128, 28, 28),
+    "eval256": ("eval", 1000, 256, 28, 28),
+    "eval128": ("eval", 1000, 128, 28, 28),
+    "seq": ("train", 100, 128, 784, 1),
+}
+ALLOCATORS = {
+    "default": None,
+    "tuned": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=4294967296:"
+             "glibc.malloc.trim_threshold=68719476736",
+    "hugetlb": "glibc.malloc.hugetlb=1",
+}
+CLASSES = 10
+
+
+def flops_per_image(mode: str, hidden: int, steps: int, features: int) -> float:
+  """Matmul FLOPs per image: per step x@W (F x 4H) and h@U (H x 4H), then the readout;
+  a training step adds a backward pass of twice the forward."""
+  forward = steps * 2 * (features + hidden) * 4 * hidden + 2 * hidden * CLASSES
+  return 3 * forward if mode == "train" else forward
+
+
+def timed_windows(run, sync, images_per_call: int, windows: int, window_seconds: float):
+  """Calls `run()` in windows of about `window_seconds`; images/s of each window."""
+  t = time.perf_counter()
+  run()
+  sync()
+  per_call = max(time.perf_counter() - t, 1e-6)
+  calls = max(1, int(window_seconds / per_call))
+  rates = []
+  for _ in range(windows):
+    t = time.perf_counter()
+    for _ in range(calls):
+      run()
+    sync()
+    rates.append(calls * images_per_call / (time.perf_counter() - t))
+  return rates
+
+
+def peak_rss_bytes() -> int:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------------------
+# One setting in this process.
+
+def measure_matmul_peak(windows: int = 5) -> float:
+  """float32 GFLOP/s of XLA's 2048x2048 matmul on the default device."""
+  import jax
+  import jax.numpy as jnp
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  rates = []
+  for _ in range(windows):
+    t = time.perf_counter()
+    for _ in range(5):
+      out = f(a)
+    out.block_until_ready()
+    rates.append(5 * 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+  return statistics.median(rates)
+
+
+def bench_jax(name: str, windows: int, window_seconds: float) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from rnnjax import config as config_lib
+  from rnnjax import models, steps, train
+
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch)
+  model = models.model_from_config(cfg)
+  rng = np.random.default_rng(0)
+  images = rng.random((batch, t_steps, features), dtype=np.float32)
+  labels = rng.integers(0, CLASSES, batch).astype(np.int32)
+  params = model.init(jax.random.key(0), jnp.asarray(images[:1]))["params"]
+  state = steps.TrainState.create(apply_fn=model.apply, params=params,
+                                  tx=steps.make_optimizer(cfg))
+  train_step, eval_step = train.jit_steps()  # the loop's own jitted steps
+  batch_dev = jax.device_put({"image": images, "label": labels,
+                              "mask": np.ones(batch, np.float32)})
+  holder = {"state": state}
+
+  if mode == "train":
+    def run():
+      holder["state"], holder["metrics"] = train_step(holder["state"], batch_dev)
+
+    def sync():
+      jax.block_until_ready(holder["metrics"])
+  else:
+    def run():
+      holder["metrics"] = eval_step(holder["state"], batch_dev)
+
+    def sync():
+      jax.block_until_ready(holder["metrics"])
+
+  t = time.perf_counter()
+  run()
+  sync()
+  first_call = time.perf_counter() - t
+  rates = timed_windows(run, sync, batch, windows, window_seconds)
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  return {
+      "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
+      "first_call_seconds": first_call,
+      "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
+      "peak_memory_kind": "device peak bytes" if stats else "process peak RSS",
+      "images_per_second": rates, "matmul_peak_gflops": measure_matmul_peak(),
+  }
+
+
+def bench_torch(name: str, windows: int, window_seconds: float) -> dict:
+  import torch
+
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  torch.manual_seed(0)
+
+  class Net(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.lstm = torch.nn.LSTM(features, hidden, batch_first=True)
+      self.fc = torch.nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):
+      out, _ = self.lstm(x)
+      return self.fc(out[:, -1])
+
+  net = Net()
+  opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+  x = torch.rand(batch, t_steps, features)
+  y = torch.randint(0, CLASSES, (batch,))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  if mode == "train":
+    def run():
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(net(x), y)
+      loss.backward()
+      opt.step()
+  else:
+    def run():
+      with torch.no_grad():
+        net(x).argmax(-1)
+
+  t = time.perf_counter()
+  run()
+  first_call = time.perf_counter() - t
+  rates = timed_windows(run, lambda: None, batch, windows, window_seconds)
+  return {
+      "framework": f"torch {torch.__version__}", "device": "cpu",
+      "first_call_seconds": first_call, "peak_memory_bytes": peak_rss_bytes(),
+      "peak_memory_kind": "process peak RSS", "images_per_second": rates,
+  }
+
+
+# ----------------------------------------------------------------------------------------
+# The driver: one process per (setting, framework).
+
+def run_worker(framework: str, name: str, args, env: dict) -> dict:
+  cmd = [sys.executable, __file__, "--worker", framework, "--settings", name,
+         "--windows", str(args.windows), "--window-seconds", str(args.window_seconds)]
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+  if r.returncode != 0:
+    raise RuntimeError(f"{framework} {name} failed:\n{r.stderr[-3000:]}")
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def summarize(name: str, result: dict) -> dict:
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  rates = result.pop("images_per_second")
+  flops = flops_per_image(mode, hidden, t_steps, features)
+  out = {"setting": name, "mode": mode, "batch": batch, "hidden": hidden, "steps": t_steps,
+         "features": features, **result,
+         "images_per_second": {"median": statistics.median(rates), "min": min(rates),
+                               "max": max(rates), "windows": len(rates)},
+         "flops_per_image": flops}
+  peak = result.get("matmul_peak_gflops")
+  if peak:
+    out["fraction_of_matmul_peak"] = statistics.median(rates) * flops / (peak * 1e9)
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--settings", default=",".join(SETTINGS),
+                 help=f"comma-separated, from {', '.join(SETTINGS)}")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
+  p.add_argument("--allocator", choices=sorted(ALLOCATORS), default="default",
+                 help="GLIBC_TUNABLES for the measured processes (both frameworks)")
+  p.add_argument("--windows", type=int, default=7)
+  p.add_argument("--window-seconds", type=float, default=2.0)
+  p.add_argument("--json", action="store_true", help="one JSON object per setting")
+  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  names = [n.strip() for n in args.settings.split(",") if n.strip()]
+  unknown = [n for n in names if n not in SETTINGS]
+  if unknown:
+    p.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+  if args.windows < 1 or args.window_seconds <= 0:
+    p.error("--windows must be >= 1 and --window-seconds > 0")
+
+  if args.worker:  # inside a measured process: one setting, raw JSON on stdout
+    bench = bench_jax if args.worker == "jax" else bench_torch
+    print(json.dumps(bench(names[0], args.windows, args.window_seconds)))
+    return 0
+
+  if args.compare_torch:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      p.error("--compare-torch needs PyTorch: pip install torch==2.13.0 (CPU build)")
+  env = dict(os.environ)
+  env.pop("GLIBC_TUNABLES", None)
+  if ALLOCATORS[args.allocator]:
+    env["GLIBC_TUNABLES"] = ALLOCATORS[args.allocator]
+
+  for name in names:
+    ours = summarize(name, run_worker("jax", name, args, env))
+    ours["allocator"] = args.allocator
+    if args.compare_torch:
+      theirs = summarize(name, run_worker("torch", name, args, env))
+      ours["torch"] = theirs
+      ours["speedup_vs_torch"] = (ours["images_per_second"]["median"]
+                                  / theirs["images_per_second"]["median"])
+      if "matmul_peak_gflops" in ours:
+        theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
+                                             * theirs["flops_per_image"]
+                                             / (ours["matmul_peak_gflops"] * 1e9))
+    if args.json:
+      print(json.dumps(ours), flush=True)
+    else:
+      print(line(ours), flush=True)
+  return 0
+
+
+def line(r: dict) -> str:
+  ips = r["images_per_second"]
+  s = (f"{r['setting']:9s} {r['mode']:5s} b{r['batch']} h{r['hidden']} T{r['steps']} | "
+       f"rnnjax {ips['median']:9,.0f} img/s (min {ips['min']:,.0f}, max {ips['max']:,.0f}) | "
+       f"first call {r['first_call_seconds']:.2f}s | peak {r['peak_memory_bytes'] / 2**20:,.0f} "
+       f"MiB | {r['flops_per_image'] / 1e6:.1f} MFLOP/img")
+  if "fraction_of_matmul_peak" in r:
+    s += (f" | {100 * r['fraction_of_matmul_peak']:.0f}% of {r['matmul_peak_gflops']:.0f} "
+          "GFLOP/s")
+  if "torch" in r:
+    t = r["torch"]
+    s += (f" | torch {t['images_per_second']['median']:9,.0f} img/s "
+          f"({100 * t.get('fraction_of_matmul_peak', 0):.0f}%) | x{r['speedup_vs_torch']:.2f}")
+  return s
+
+
+if __name__ == "__main__":
+  sys.exit(main())
