@@ -142,34 +142,33 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   """
   workdir = Path(workdir)
   check_workdir(workdir, config)
-  train_split, test_split = splits if splits is not None else data.load_dataset(config)
-  steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
-                     "training examples")
-
   state = steps.create_train_state(config, jax.random.key(config.seed))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   history: list[dict[str, Any]] = []
   start_epoch, start_step, partial = 0, 0, None
   try:
     restored = ckpt.restore(checkpointing.abstract_like(state))
-    reporting.write_json_atomic(workdir / "config.json", config.to_dict())
     if restored is not None:
       state, meta, step = restored
       history, start_epoch = meta["history"], meta["epoch"]
       start_step, partial = meta.get("epoch_step", 0), meta.get("partial")
-      # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
-      reporting.write_jsonl(workdir / "metrics.jsonl", history)
       where = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
       log(f"resumed from {ckpt.directory / str(step)} (epoch {start_epoch}, step {step}"
           f"{where})")
-    else:
-      reporting.write_jsonl(workdir / "metrics.jsonl", [])
     if start_epoch >= config.epochs:
       log(f"run already finished: {start_epoch} of {config.epochs} epochs in {workdir}")
       return state, history
 
+    # Data is loaded only when there is training to do (a finished run answers at once),
+    # and before anything is written (a data error leaves the workdir as it was).
+    train_split, test_split = splits if splits is not None else data.load_dataset(config)
+    steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
+    if steps_per_epoch < 1:
+      raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
+                       "training examples")
+    reporting.write_json_atomic(workdir / "config.json", config.to_dict())
+    # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
+    reporting.write_jsonl(workdir / "metrics.jsonl", history)
     train_step, eval_step = jit_steps()
     saved_step = int(state.step)
     every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks

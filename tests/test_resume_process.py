@@ -14,7 +14,7 @@ import pytest
 import kill_resume
 from conftest import REPO
 
-EPOCHS, EVERY = 4, 5  # 30 steps per epoch, a checkpoint every 5 steps: ~1 s per epoch
+EPOCHS, EVERY = 3, 5  # 30 steps per epoch, a checkpoint every 5 steps: ~1 s per epoch
 
 
 def digest(stdout):
@@ -58,7 +58,7 @@ def test_random_kills_resume_bit_identical(tmp_path, reference):
   """Two SIGKILLs at random moments (tests/kill_resume.py --kills 20 for the full check)."""
   r = subprocess.run([sys.executable, str(REPO / "tests" / "kill_resume.py"), "--kills", "2",
                       "--epochs", str(EPOCHS), "--every", str(EVERY), "--reference", reference,
-                      "--max-delay", "8", "--workdir", str(tmp_path)],
+                      "--max-delay", "6", "--workdir", str(tmp_path)],
                      capture_output=True, text=True, cwd=REPO, timeout=600)
   print(r.stdout)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
