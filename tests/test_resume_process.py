@@ -1,7 +1,7 @@
 """Stopping a real training process and rerunning it: the same final parameters, bit for bit.
 
 The driver and the random-kill loop live in tests/kill_resume.py (run it by hand for 20
-kills); here: SIGTERM, SIGINT and SIGKILL at a known point, and a few random kills.
+kills); here: SIGTERM at a known point and a SIGKILL at a random one.
 """
 
 import signal
@@ -27,7 +27,7 @@ def reference(tmp_path_factory):
   return kill_resume.run_to_end(tmp_path_factory.mktemp("ref"), EPOCHS, EVERY)[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # SIGKILL: below
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: test_faults.py; SIGKILL: below
 def test_stopped_run_resumes_to_identical_parameters(tmp_path, sig, reference):
   workdir = tmp_path / "stopped"
   p = subprocess.Popen(kill_resume.command(workdir, EPOCHS, EVERY), cwd=REPO,
@@ -55,11 +55,11 @@ def test_stopped_run_resumes_to_identical_parameters(tmp_path, sig, reference):
 
 
 def test_random_kills_resume_bit_identical(tmp_path, reference):
-  """Two SIGKILLs at random moments (tests/kill_resume.py --kills 20 for the full check)."""
-  r = subprocess.run([sys.executable, str(REPO / "tests" / "kill_resume.py"), "--kills", "2",
+  """A SIGKILL at a random moment (tests/kill_resume.py --kills 20 for the full check)."""
+  r = subprocess.run([sys.executable, str(REPO / "tests" / "kill_resume.py"), "--kills", "1",
                       "--epochs", str(EPOCHS), "--every", str(EVERY), "--reference", reference,
                       "--max-delay", "6", "--workdir", str(tmp_path)],
                      capture_output=True, text=True, cwd=REPO, timeout=600)
   print(r.stdout)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  assert "MATCH" in r.stdout and "2 kills" in r.stdout
+  assert "MATCH" in r.stdout and "1 kills" in r.stdout
