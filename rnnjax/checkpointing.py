@@ -88,10 +88,10 @@ class Checkpointer:
         if self._holds_other_shapes(s, abstract_state):
           raise CheckpointError(
               f"checkpoint {self.directory / str(s)} does not fit this config's model or "
-              f"optimizer ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Use a new "
+              f"optimizer ({type(e).__name__}: {_first_line(e)}). Use a new "
               "--workdir for a different model, or the config that made this one.") from None
         logging.warning("checkpoint %s is unreadable (%s: %s); falling back to an older one",
-                        self.directory / str(s), type(e).__name__, str(e).splitlines()[0][:200])
+                        self.directory / str(s), type(e).__name__, _first_line(e))
         print(f"warning: checkpoint {self.directory / str(s)} is unreadable "
               f"({type(e).__name__}); trying an older one.", flush=True)
         unreadable.append(s)

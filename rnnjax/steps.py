@@ -104,13 +104,25 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
   return compute_metrics(logits, batch["label"], batch.get("mask"))
 
 
+def accumulate(totals: dict[str, Any] | None, metrics: list[Metrics]) -> dict[str, Any]:
+  """Adds per-batch metrics, in order, to running host totals (float64 / int).
+
+  Adding in chunks gives the same floats as adding all at once, so an epoch split by a
+  resume sums to exactly what an uninterrupted epoch does.
+  """
+  totals = dict(totals or {"loss_sum": 0.0, "correct": 0, "count": 0})
+  for m in jax.device_get(metrics):
+    totals["loss_sum"] += float(m["loss_sum"])
+    totals["correct"] += int(m["correct"])
+    totals["count"] += int(m["count"])
+  return totals
+
+
 def summarize(metrics: list[Metrics] | Metrics) -> dict[str, Any]:
   """Adds per-batch metrics on the host (float64) and divides once."""
   if isinstance(metrics, dict):
     metrics = [metrics]
-  metrics = jax.device_get(metrics)
-  loss = sum(float(m["loss_sum"]) for m in metrics)
-  correct = sum(int(m["correct"]) for m in metrics)
-  count = sum(int(m["count"]) for m in metrics)
-  return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1),
-          "correct": correct, "count": count}
+  t = accumulate(None, metrics)
+  count = max(t["count"], 1)
+  return {"loss": t["loss_sum"] / count, "accuracy": t["correct"] / count,
+          "correct": t["correct"], "count": t["count"]}

@@ -107,16 +107,6 @@ class StopSignals:
       signal.signal(sig, handler)
 
 
-def _add_metrics(totals: dict[str, Any], metrics: list[steps.Metrics]) -> dict[str, Any]:
-  """Adds per-step metrics to running host totals, in order: chunked or not, the sums are
-  the same floats as `steps.summarize` of the whole list (resumes stay bit-identical)."""
-  for m in jax.device_get(metrics):
-    totals["loss_sum"] += float(m["loss_sum"])
-    totals["correct"] += int(m["correct"])
-    totals["count"] += int(m["count"])
-  return totals
-
-
 def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                        splits: tuple[data.Split, data.Split] | None = None,
                        log: Callable[[str], Any] = print):
@@ -178,6 +168,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         totals = dict(partial) if (partial and epoch == start_epoch) else {
             "loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         t0 = time.perf_counter() - totals["seconds"]
+        # Global step = base + steps done in this epoch; read once per epoch, because
+        # reading state.step after every step would wait for the device each time.
+        base = int(state.step) - first
         progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
                                       config.batch_size, enabled=config.progress, start=first)
         pending: list[steps.Metrics] = []
@@ -186,19 +179,20 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         for i, batch in enumerate(batches, start=first + 1):
           state, m = train_step(state, batch)
           pending.append(m)
-          step = int(state.step)
+          step = base + i
           periodic = (config.checkpoint_every_steps > 0
                       and step % config.checkpoint_every_steps == 0)
           stopping = stop.signum is not None
           if not (i % every == 0 or i == steps_per_epoch or periodic or stopping):
             continue
           first_step_of_pending = step - len(pending) + 1
-          losses = [float(x["loss_sum"]) for x in jax.device_get(pending)]
+          fetched = jax.device_get(pending)
+          losses = [float(x["loss_sum"]) for x in fetched]
           bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
           if bad:
-            _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
-                      losses[bad[0]] / config.batch_size)
-          _add_metrics(totals, pending)
+            raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
+                            losses[bad[0]] / config.batch_size)
+          totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
           pending = []
           progress.update(i, losses[-1] / config.batch_size)
           if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
@@ -235,13 +229,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   return state, history
 
 
-def _diverged(workdir: Path, ckpt, epoch: int, step: int, loss: float):
+def _diverged(workdir: Path, ckpt, epoch: int, step: int, loss: float) -> TrainingDiverged:
   reporting.append_jsonl(workdir / "metrics.jsonl",
                          {"epoch": epoch + 1, "step": step, "diverged": True, "train_loss": loss})
   last = ckpt.latest_step()
   kept = (f"the last good checkpoint, {ckpt.directory / str(last)}, is kept" if last is not None
           else "no checkpoint had been written yet")
-  raise TrainingDiverged(
+  return TrainingDiverged(
       f"the training loss became {loss} at step {step} (epoch {epoch + 1}); {kept}. Try a "
       "lower --learning-rate or gradient clipping, in a new --workdir or from that checkpoint.")
 
