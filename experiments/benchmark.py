@@ -23,7 +23,10 @@ sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100).
 `--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
 `default` (none), `tuned` (arena_max=1, mmap_threshold=4 GiB, trim_threshold=64 GiB: freed
 memory is kept instead of returned to the kernel), `hugetlb` (transparent huge pages for
-malloc). torch is an optional extra (`pip install torch==2.13.0` gives a CPU build here).
+malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `arena1` and
+`keep` (the two halves of `tuned`), `tuned+hugetlb`; a comma-separated list or `all`
+measures each in turn. Without the flag: `hugetlb`, or `default` under
+RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a CPU build here).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rnnjax import allocator  # noqa: E402  (light: no JAX)
+
 # name -> (mode, batch, hidden, time steps, features)
 SETTINGS = {
     "tutorial": ("train", 100, 256, 28, 28),
@@ -52,7 +57,11 @@ ALLOCATORS = {
     "default": None,
     "tuned": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=4294967296:"
              "glibc.malloc.trim_threshold=68719476736",
-    "hugetlb": "glibc.malloc.hugetlb=1",
+    "hugetlb": "glibc.malloc.hugetlb=1",  # rnnjax's own setting (rnnjax/allocator.py)
+    "arena1": "glibc.malloc.arena_max=1",
+    "keep": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736",
+    "tuned+hugetlb": "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=4294967296:"
+                     "glibc.malloc.trim_threshold=68719476736:glibc.malloc.hugetlb=1",
 }
 CLASSES = 10
 
@@ -234,8 +243,10 @@ def main(argv=None) -> int:
                  help=f"comma-separated, from {', '.join(SETTINGS)}")
   p.add_argument("--compare-torch", action="store_true",
                  help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
-  p.add_argument("--allocator", choices=sorted(ALLOCATORS), default="default",
-                 help="GLIBC_TUNABLES for the measured processes (both frameworks)")
+  p.add_argument("--allocator", default=None,
+                 help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
+                      f"{', '.join(ALLOCATORS)}, a comma-separated list, or all "
+                      "(default: hugetlb, rnnjax's own setting)")
   p.add_argument("--windows", type=int, default=7)
   p.add_argument("--window-seconds", type=float, default=2.0)
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
@@ -258,33 +269,52 @@ def main(argv=None) -> int:
       import torch  # noqa: F401
     except ImportError:
       p.error("--compare-torch needs PyTorch: pip install torch==2.13.0 (CPU build)")
-  env = dict(os.environ)
-  env.pop("GLIBC_TUNABLES", None)
-  if ALLOCATORS[args.allocator]:
-    env["GLIBC_TUNABLES"] = ALLOCATORS[args.allocator]
+  if args.allocator is None:
+    try:
+      allocators = ["hugetlb" if allocator.wanted() == "tuned" else "default"]
+    except ValueError as e:
+      p.error(str(e))
+  elif args.allocator == "all":
+    allocators = list(ALLOCATORS)
+  else:
+    allocators = [a.strip() for a in args.allocator.split(",") if a.strip()]
+    bad = [a for a in allocators if a not in ALLOCATORS]
+    if bad or not allocators:
+      p.error(f"unknown --allocator {', '.join(bad) or args.allocator!r}; choose from "
+              f"{', '.join(ALLOCATORS)} or all")
 
   for name in names:
-    ours = summarize(name, run_worker("jax", name, args, env))
-    ours["allocator"] = args.allocator
-    if args.compare_torch:
-      theirs = summarize(name, run_worker("torch", name, args, env))
-      ours["torch"] = theirs
-      ours["speedup_vs_torch"] = (ours["images_per_second"]["median"]
-                                  / theirs["images_per_second"]["median"])
-      if "matmul_peak_gflops" in ours:
-        theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
-                                             * theirs["flops_per_image"]
-                                             / (ours["matmul_peak_gflops"] * 1e9))
-    if args.json:
-      print(json.dumps(ours), flush=True)
-    else:
-      print(line(ours), flush=True)
+    for alloc in allocators:
+      env = dict(os.environ)
+      env.pop("GLIBC_TUNABLES", None)
+      if ALLOCATORS[alloc]:
+        env["GLIBC_TUNABLES"] = ALLOCATORS[alloc]
+      measure(name, alloc, args, env)
   return 0
+
+
+def measure(name: str, alloc: str, args, env: dict) -> None:
+  ours = summarize(name, run_worker("jax", name, args, env))
+  ours["allocator"] = alloc
+  if args.compare_torch:
+    theirs = summarize(name, run_worker("torch", name, args, env))
+    ours["torch"] = theirs
+    ours["speedup_vs_torch"] = (ours["images_per_second"]["median"]
+                                / theirs["images_per_second"]["median"])
+    if "matmul_peak_gflops" in ours:
+      theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
+                                           * theirs["flops_per_image"]
+                                           / (ours["matmul_peak_gflops"] * 1e9))
+  if args.json:
+    print(json.dumps(ours), flush=True)
+  else:
+    print(line(ours), flush=True)
 
 
 def line(r: dict) -> str:
   ips = r["images_per_second"]
-  s = (f"{r['setting']:9s} {r['mode']:5s} b{r['batch']} h{r['hidden']} T{r['steps']} | "
+  s = (f"{r['setting']:9s} {r['allocator']:13s} {r['mode']:5s} b{r['batch']} h{r['hidden']} "
+       f"T{r['steps']} | "
        f"rnnjax {ips['median']:9,.0f} img/s (min {ips['min']:,.0f}, max {ips['max']:,.0f}) | "
        f"first call {r['first_call_seconds']:.2f}s | peak {r['peak_memory_bytes'] / 2**20:,.0f} "
        f"MiB | {r['flops_per_image'] / 1e6:.1f} MFLOP/img")

@@ -2,12 +2,18 @@
 
 Command (from the repository root):
 
-    python experiments/mnist_lstm.py --workdir runs/default
+    python experiments/mnist_lstm.py --workdir runs/default          # train (or resume)
+    python experiments/mnist_lstm.py evaluate --workdir runs/default # test loss, accuracy,
+                                                                     # per-class accuracy
+    python experiments/mnist_lstm.py predict --workdir runs/default digit.png ...
 
 Expected on a 2-core x86 CPU (AMD EPYC, no GPU), as measured (see README "Results"):
   --preset default   20 epochs, about 12 minutes, 99.35-99.41% test accuracy (3 seeds)
   --preset tutorial  13 epochs, about 7.5 minutes, about 98.7% test accuracy (98.2-98.9
                      over the last epochs: it wanders)
+
+It runs with glibc's malloc tuned for speed (rnnjax/allocator.py; `RNNJAX_ALLOCATOR=system`
+turns that off).
 
 Stop it with Ctrl-C or SIGTERM (it saves its position inside the epoch) or kill it: the
 same command resumes, and ends exactly as an uninterrupted run would.
@@ -26,10 +32,13 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rnnjax import config as config_lib  # noqa: E402  (light: no JAX, no TF)
+from rnnjax import allocator  # noqa: E402  (light: no JAX, no TF)
+from rnnjax import config as config_lib  # noqa: E402
 
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
@@ -66,7 +75,9 @@ def positive_float(text: str) -> float:
 
 def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description="Train an LSTM on row-wise MNIST; rerun the same command to resume.",
+      description="Train an LSTM on row-wise MNIST; rerun the same command to resume. "
+                  "Subcommands for a trained workdir: `evaluate --workdir W` and "
+                  "`predict --workdir W IMAGE...` (see `evaluate --help`).",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default",
                  help="where config.json, metrics.jsonl and checkpoints/ go")
@@ -91,7 +102,92 @@ def make_parser() -> argparse.ArgumentParser:
                  help="also checkpoint every STEPS training steps (default: after each "
                       "epoch, and on SIGTERM/SIGINT)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--no-tensorboard", action="store_true",
+                 help="do not write TensorBoard events into the workdir")
+  g = p.add_argument_group(
+      "several processes (hosts)", "run the same command in every process, each with its "
+      "own --process-id; default: $RNNJAX_COORDINATOR, $RNNJAX_NUM_PROCESSES, "
+      "$RNNJAX_PROCESS_ID; none given: one process, all its devices")
+  g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+  g.add_argument("--num-processes", type=positive_int)
+  g.add_argument("--process-id", type=non_negative_int)
   return p
+
+
+def make_inspect_parser(command: str) -> argparse.ArgumentParser:
+  what = {"evaluate": "Evaluate a trained run's checkpoint on the test set: loss, accuracy "
+                      "and per-class accuracy.",
+          "predict": "Classify image files (PNG, JPEG: any size, dark-on-light or "
+                     "light-on-dark) with a trained run's checkpoint."}[command]
+  p = argparse.ArgumentParser(prog=f"mnist_lstm.py {command}", description=what,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--workdir", default="runs/default", help="the run's workdir")
+  p.add_argument("--checkpoint", default="best",
+                 help="best (by test accuracy), latest, or a step number")
+  if command == "evaluate":
+    p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
+                   help="override the run's data source")
+    p.add_argument("--manual-dir", help="folder with the four MNIST files (offline); "
+                   "default: the run's, else $RNNJAX_MANUAL_DIR or ../shared/data/mnist")
+  else:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files of digits")
+    p.add_argument("--top", type=positive_int, default=3, help="classes shown per image")
+  return p
+
+
+def inspect_main(command: str, argv: list[str]) -> int:
+  """`evaluate` and `predict`: read-only uses of a workdir."""
+  args = make_inspect_parser(command).parse_args(argv)
+  workdir = Path(args.workdir)
+  if not workdir.is_dir():
+    print(f"error: no workdir {workdir}; train first: python experiments/mnist_lstm.py "
+          f"--workdir {workdir}", file=sys.stderr)
+    return 1
+  terminal = library_output_to(workdir)
+  from rnnjax import data, inference, reporting
+  reporting.set_console(terminal)
+  try:
+    if command == "predict":
+      images = inference.load_images(args.images)  # bad files fail before the restore
+    run = inference.load_run(workdir, args.checkpoint)
+    recorded = run.record or {}
+    print(f"checkpoint {run.step} ({args.checkpoint}) of {workdir}: {run.config.name} preset, "
+          f"epoch {recorded.get('epoch', '?')}", flush=True)
+    if command == "evaluate":
+      return _evaluate(run, args, recorded)
+    probs = inference.predict(run, images)
+    for path, p in zip(args.images, probs):
+      top = np.argsort(-p)[:args.top]
+      print(f"{path}: " + ", ".join(f"{k} ({100 * p[k]:.1f}%)" for k in top))
+    return 0
+  except (inference.InferenceError, data.DataError) as e:
+    print(f"error: {e}", file=terminal)
+    return 1
+
+
+def _evaluate(run, args, recorded: dict) -> int:
+  from rnnjax import data, inference
+  config = run.config
+  manual_dir = args.manual_dir or config.manual_dir
+  if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
+    manual_dir = os.environ.get("RNNJAX_MANUAL_DIR") or (
+        str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None)
+  test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
+                         manual_dir)
+  r = inference.evaluate_run(run, test)
+  print(f"test loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}% "
+        f"({r['correct']:,} of {r['count']:,})")
+  if "test_accuracy" in recorded:
+    same = "the same" if r["correct"] == recorded.get("test_correct") else "DIFFERENT"
+    print(f"recorded by the training run for this checkpoint: "
+          f"{100 * recorded['test_accuracy']:.2f}% ({recorded.get('test_correct')}): {same}")
+  m = r["confusion"]
+  print("per-class accuracy:")
+  for k, acc in enumerate(r["per_class_accuracy"]):
+    wrong = np.argsort(-np.where(np.arange(len(m)) == k, -1, m[k]))[0]
+    print(f"  {k}: {100 * acc:6.2f}% ({m[k, k]:,} of {m[k].sum():,}; most often taken for "
+          f"{wrong}: {m[k, wrong]})")
+  return 0
 
 
 def build_config(args: argparse.Namespace) -> config_lib.Config:
@@ -110,6 +206,8 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
   overrides["manual_dir"] = manual_dir
   if args.no_progress:
     overrides["progress"] = False
+  if args.no_tensorboard:
+    overrides["tensorboard"] = False
   return config_lib.get_config(args.preset).replace(**overrides)
 
 
@@ -132,24 +230,46 @@ def library_output_to(workdir: Path):
 
 
 def main(argv=None) -> int:
+  command = argv is None  # run as a command, not called from Python
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] in ("evaluate", "predict"):
+    return inspect_main(argv[0], argv[1:])
+  if argv and argv[0] == "train":
+    argv = argv[1:]
   parser = make_parser()
   args = parser.parse_args(argv)
   try:
     config = build_config(args)
   except ValueError as e:  # a value or combination argparse cannot check on its own
     parser.error(str(e))  # usage, the message, exit status 2
+  if command:  # restart with the tuned allocator (rnnjax/allocator.py)
+    try:
+      allocator.use_tuned_allocator()
+    except ValueError as e:
+      parser.error(str(e))
 
   # Imported after parsing, so that --help and usage errors are instant.
-  from rnnjax import checkpointing, data, reporting, train
+  from rnnjax import checkpointing, data, parallel, reporting, train
+  try:
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+  except parallel.ParallelError as e:
+    parser.error(str(e))
+  main_process = parallel.is_main_process()
   terminal = library_output_to(Path(args.workdir))
   reporting.set_console(terminal)
+  if not main_process:  # process 0 speaks for the run; the others report only errors
+    sys.stdout = open(os.devnull, "w")
 
+  import jax
+  devices = jax.devices()
   print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
-        f"{config.manual_dir or config.data_dir or 'tfds default'}", flush=True)
+        f"{config.manual_dir or config.data_dir or 'tfds default'}, malloc "
+        f"{os.environ.get('GLIBC_TUNABLES') or 'system defaults'}; {len(devices)} "
+        f"{devices[0].platform} device(s) in {jax.process_count()} process(es)", flush=True)
   try:
     _, history = train.train_and_evaluate(config, args.workdir)
   except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
-          train.TrainingDiverged) as e:
+          train.TrainingDiverged, parallel.ParallelError) as e:
     print(f"error: {e}", file=terminal)
     return 1
   except train.Preempted as e:
@@ -165,7 +285,8 @@ def main(argv=None) -> int:
   if history:
     last = history[-1]
     print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs; "
-          f"results in {args.workdir} (metrics.jsonl, config.json, checkpoints/)")
+          f"results in {args.workdir} (metrics.jsonl, curves.png, confusion_matrix.png, "
+          "TensorBoard events, checkpoints/)")
   return 0
 
 

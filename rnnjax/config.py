@@ -68,6 +68,9 @@ class Config:
       `$TFDS_DATA_DIR`).
     manual_dir: folder holding the four official MNIST files, for machines without network.
     progress: show a progress bar inside each epoch.
+    tensorboard: write TensorBoard events (scalars per epoch, hyperparameters) into the
+      workdir.
+    plots: write curves.png and confusion_matrix.png into the workdir after every epoch.
   """
 
   name: str = "default"
@@ -95,6 +98,8 @@ class Config:
   data_dir: str | None = None
   manual_dir: str | None = None
   progress: bool = True
+  tensorboard: bool = True
+  plots: bool = True
 
   def __post_init__(self):
     errors = validate(self)
@@ -178,9 +183,10 @@ def default() -> Config:
 
 
 def tiny() -> Config:
-  """For tests: a few units, small batches, one epoch."""
+  """For tests: a few units, small batches, one epoch; no progress bar, plots or TensorBoard
+  events (the tests that check those turn them on)."""
   return Config(name="tiny", hidden_size=8, batch_size=16, eval_batch_size=32, epochs=1,
-                progress=False)
+                progress=False, tensorboard=False, plots=False)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {

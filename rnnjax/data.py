@@ -325,42 +325,48 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0, max_shift: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  start_step: int = 0, max_shift: int = 0,
+                  shard: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields the training batches of `epoch` from step `start_step` on.
 
   Order and augmentation (random translations by up to `max_shift` pixels, off when 0) are
   pure functions of (seed, epoch): resuming at `start_step` gives the same batches.
+  `shard=(first, count)` yields only rows [first, first + count) of every global batch of
+  `batch_size` (one process's share in a multi-host run; only those images are read).
 
   Yields:
-    {'image': <float32>[batch_size, 28, 28], 'label': <int32>[batch_size]}
+    {'image': <float32>[rows, 28, 28], 'label': <int32>[rows]}
   """
   n = len(split)
+  first, count = shard or (0, batch_size)
   perm = epoch_permutation(seed, epoch, n)
   shifts = epoch_shifts(seed, epoch, n, max_shift) if max_shift > 0 else None
   for i in range(start_step, steps_per_epoch(n, batch_size)):
-    pos = slice(i * batch_size, (i + 1) * batch_size)
-    order = np.argsort(perm[pos], kind="stable")  # sorted indices: faster gather
-    idx = perm[pos][order]
+    pos = np.arange(i * batch_size, (i + 1) * batch_size)
+    pos = pos[np.argsort(perm[pos], kind="stable")][first:first + count]  # sorted: faster gather
+    idx = perm[pos]
     images = split.images[idx]
     if shifts is not None:
-      images = shift_images(images, shifts[pos][order])
+      images = shift_images(images, shifts[pos])
     yield {"image": to_float(images), "label": split.labels[idx]}
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(split: Split, batch_size: int,
+                 shard: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields every example exactly once, in order; the last batch is zero-padded to
   `batch_size` so that one compiled step serves all, and `mask` marks the real rows.
+  `shard=(first, count)`: only those rows of every batch, as in `train_batches`.
 
   Yields:
-    {'image': <float32>[batch_size, 28, 28], 'label': <int32>[batch_size],
-     'mask': <float32>[batch_size]}
+    {'image': <float32>[rows, 28, 28], 'label': <int32>[rows], 'mask': <float32>[rows]}
   """
   n = len(split)
+  first, count = shard or (0, batch_size)
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    pad = batch_size - (stop - start)
-    images, labels = to_float(split.images[start:stop]), split.labels[start:stop]
-    mask = np.ones(stop - start, np.float32)
+    lo, hi = min(start + first, n), min(start + first + count, start + batch_size, n)
+    pad = count - (hi - lo)
+    images, labels = to_float(split.images[lo:hi]), split.labels[lo:hi]
+    mask = np.ones(hi - lo, np.float32)
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
       labels = np.concatenate([labels, np.zeros(pad, np.int32)])

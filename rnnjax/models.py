@@ -37,14 +37,19 @@ class SequenceClassifier(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
-    """`<float32>[batch, time, features]` -> logits `<float32>[batch, num_classes]`."""
+  def __call__(self, inputs: jnp.ndarray, all_steps: bool = False) -> jnp.ndarray:
+    """`<float32>[batch, time, features]` -> logits `<float32>[batch, num_classes]`.
+
+    With `all_steps=True`, the readout is applied after every time step instead:
+    `<float32>[batch, time, num_classes]` (how the prediction evolves as the rows are read;
+    the last step equals the usual logits).
+    """
     x = inputs
     for k in range(self.num_layers):
       # parent=None keeps the cell under the RNN's name: params['rnn_0']['cell'][...].
       cell = nn.OptimizedLSTMCell(self.hidden_size, parent=None)
       x = nn.RNN(cell, name=f"rnn_{k}")(x, initial_carry=zero_carry(x, self.hidden_size))
-    return nn.Dense(self.num_classes, name="head")(x[:, -1])
+    return nn.Dense(self.num_classes, name="head")(x if all_steps else x[:, -1])
 
 
 def zero_carry(x: jnp.ndarray, hidden_size: int) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -5,6 +5,8 @@ Metrics are sums and counts, so that batches of any size add up exactly; `summar
 divides once per epoch::
 
     {'loss_sum': <f32>[], 'correct': <i32>[], 'count': <i32>[]}
+
+`eval_step` adds `'confusion': <i32>[C, C]` (rows: true class, columns: predicted).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -98,10 +101,28 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   return state.apply_gradients(grads=grads), compute_metrics(logits, batch["label"])
 
 
+def confusion_matrix(logits: jnp.ndarray, labels: jnp.ndarray,
+                     mask: jnp.ndarray | None = None) -> jnp.ndarray:
+  """`<i32>[C, C]`: entry (t, p) counts rows of true class t predicted as p (mask > 0)."""
+  num_classes = logits.shape[-1]
+  weight = jnp.ones(labels.shape, jnp.int32) if mask is None else (mask > 0).astype(jnp.int32)
+  true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * weight[:, None]
+  pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
+  return true.T @ pred
+
+
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
-  """Metrics of `batch`; rows with `batch['mask'] == 0` (padding) are left out."""
+  """Metrics and confusion matrix of `batch`; rows with `batch['mask'] == 0` (padding) are
+  left out."""
   logits = state.apply_fn({"params": state.params}, batch["image"])
-  return compute_metrics(logits, batch["label"], batch.get("mask"))
+  mask = batch.get("mask")
+  return {**compute_metrics(logits, batch["label"], mask),
+          "confusion": confusion_matrix(logits, batch["label"], mask)}
+
+
+def predict_step(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
+  """Class probabilities `<f32>[b, C]` of `images <f32>[b, time, features]`."""
+  return jax.nn.softmax(state.apply_fn({"params": state.params}, images))
 
 
 def accumulate(totals: dict[str, Any] | None, metrics: list[Metrics]) -> dict[str, Any]:
@@ -115,6 +136,8 @@ def accumulate(totals: dict[str, Any] | None, metrics: list[Metrics]) -> dict[st
     totals["loss_sum"] += float(m["loss_sum"])
     totals["correct"] += int(m["correct"])
     totals["count"] += int(m["count"])
+    if "confusion" in m:
+      totals["confusion"] = totals.get("confusion", 0) + np.asarray(m["confusion"], np.int64)
   return totals
 
 
@@ -124,5 +147,8 @@ def summarize(metrics: list[Metrics] | Metrics) -> dict[str, Any]:
     metrics = [metrics]
   t = accumulate(None, metrics)
   count = max(t["count"], 1)
-  return {"loss": t["loss_sum"] / count, "accuracy": t["correct"] / count,
-          "correct": t["correct"], "count": t["count"]}
+  out = {"loss": t["loss_sum"] / count, "accuracy": t["correct"] / count,
+         "correct": t["correct"], "count": t["count"]}
+  if "confusion" in t:
+    out["confusion"] = t["confusion"]  # <int64>[C, C] NumPy
+  return out

@@ -1,7 +1,8 @@
 """The one orchestrator: `train_and_evaluate(config, workdir)`.
 
 Per epoch: train over the whole training split, evaluate on all test images, print one
-line, append one JSON line to `workdir/metrics.jsonl`, save a checkpoint. Rerunning with
+line, append one JSON line to `workdir/metrics.jsonl`, save a checkpoint, refresh the plots
+(curves.png, confusion_matrix.png) and the TensorBoard events. Rerunning with
 the same workdir resumes from the newest good checkpoint; a finished run says so.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rnnjax import checkpointing, data, reporting, steps
+from rnnjax import checkpointing, data, parallel, plots, reporting, steps, tensorboard
 from rnnjax.config import Config, shape_differences
 
 
@@ -36,7 +37,7 @@ def check_workdir(workdir: Path, config: Config) -> None:
   describes the same model shapes as `config`."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_test"
+    probe = workdir / f".write_test.{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -61,10 +62,20 @@ def jit_steps():
   return jax.jit(steps.train_step, donate_argnums=0), jax.jit(steps.eval_step)
 
 
-def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int) -> dict:
-  """Loss and accuracy over every example of `split`, exactly once."""
-  metrics = [eval_step(state, b) for b in data.eval_batches(split, batch_size)]
-  return steps.summarize(metrics)
+def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int,
+             mesh=None) -> dict:
+  """Loss, accuracy and confusion matrix over every example of `split`, exactly once.
+
+  With a `mesh` (the loop's), batches are sharded over its devices and this process feeds
+  only its rows; without one, they go to the default device as NumPy arrays.
+  """
+  if mesh is None:
+    metrics = [eval_step(state, b) for b in data.eval_batches(split, batch_size)]
+  else:
+    rows = parallel.process_rows(batch_size)
+    metrics = [eval_step(state, parallel.shard_batch(b, mesh))
+               for b in data.eval_batches(split, batch_size, shard=rows)]
+  return steps.summarize(parallel.to_host(metrics))
 
 
 class Preempted(Exception):
@@ -131,13 +142,19 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     Preempted: stopped by a signal after saving a checkpoint.
   """
   workdir = Path(workdir)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_sizes(config, mesh)
+  main = parallel.is_main_process()
+  if not main:
+    log = lambda line: None  # noqa: E731 - process 0 speaks for the run
   check_workdir(workdir, config)
-  state = steps.create_train_state(config, jax.random.key(config.seed))
+  state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)), mesh)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   history: list[dict[str, Any]] = []
   start_epoch, start_step, partial = 0, 0, None
+  board = None
   try:
-    restored = ckpt.restore(checkpointing.abstract_like(state))
+    restored = ckpt.restore(parallel.abstract_replicated(state, mesh))  # any earlier topology
     if restored is not None:
       state, meta, step = restored
       history, start_epoch = meta["history"], meta["epoch"]
@@ -156,11 +173,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     if steps_per_epoch < 1:
       raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
                        "training examples")
-    reporting.write_json_atomic(workdir / "config.json", config.to_dict())
-    # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
-    reporting.write_jsonl(workdir / "metrics.jsonl", history)
+    if main:
+      reporting.write_json_atomic(workdir / "config.json", config.to_dict())
+      # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
+      reporting.write_jsonl(workdir / "metrics.jsonl", history)
+      board = _open_tensorboard(workdir, config)
+    rows = parallel.process_rows(config.batch_size)
     train_step, eval_step = jit_steps()
-    saved_step = int(state.step)
+    saved_step = _step(state)
     every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
     with StopSignals() as stop:
       for epoch in range(start_epoch, config.epochs):
@@ -170,14 +190,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         t0 = time.perf_counter() - totals["seconds"]
         # Global step = base + steps done in this epoch; read once per epoch, because
         # reading state.step after every step would wait for the device each time.
-        base = int(state.step) - first
+        base = _step(state) - first
         progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
-                                      config.batch_size, enabled=config.progress, start=first)
+                                      config.batch_size, enabled=config.progress and main,
+                                      start=first)
         pending: list[steps.Metrics] = []
         batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
-                                     start_step=first, max_shift=config.augment_shift)
+                                     start_step=first, max_shift=config.augment_shift,
+                                     shard=rows)
         for i, batch in enumerate(batches, start=first + 1):
-          state, m = train_step(state, batch)
+          state, m = train_step(state, parallel.shard_batch(batch, mesh))
           pending.append(m)
           step = base + i
           periodic = (config.checkpoint_every_steps > 0
@@ -186,12 +208,12 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
           if not (i % every == 0 or i == steps_per_epoch or periodic or stopping):
             continue
           first_step_of_pending = step - len(pending) + 1
-          fetched = jax.device_get(pending)
+          fetched = parallel.to_host(pending)
           losses = [float(x["loss_sum"]) for x in fetched]
           bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
           if bad:
             raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
-                            losses[bad[0]] / config.batch_size)
+                            losses[bad[0]] / config.batch_size, main)
           totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
           pending = []
           progress.update(i, losses[-1] / config.batch_size)
@@ -206,32 +228,68 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         train_seconds = time.perf_counter() - t0
         progress.close()
         count = max(totals["count"], 1)
-        test = evaluate(eval_step, state, test_split, config.eval_batch_size)
+        test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
+        step = _step(state)
         record = {
-            "epoch": epoch + 1, "step": int(state.step),
+            "epoch": epoch + 1, "step": step,
             "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
             "test_loss": test["loss"], "test_accuracy": test["accuracy"],
             "test_correct": test["correct"], "test_count": test["count"],
-            "learning_rate": float(steps.make_schedule(config)(int(state.step))),
+            "test_confusion": test["confusion"].tolist(),
+            "learning_rate": float(steps.make_schedule(config)(step)),
             "images_per_second": totals["count"] / train_seconds,
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        ckpt.save(int(state.step), state, {"epoch": epoch + 1, "history": history},
+        ckpt.save(step, state, {"epoch": epoch + 1, "history": history},
                   metrics={"test_accuracy": test["accuracy"]})
-        saved_step = int(state.step)
-        reporting.append_jsonl(workdir / "metrics.jsonl", record)
+        saved_step = step
         log(reporting.epoch_line(record))
+        if main:
+          reporting.append_jsonl(workdir / "metrics.jsonl", record)
+          if board is not None:
+            board.write_epoch(record)
+          if config.plots:
+            _write_plots(workdir, history, test["confusion"])
         if stop.signum is not None and epoch + 1 < config.epochs:
           raise _preempted(stop.signum, ckpt, epoch + 1, 0, steps_per_epoch, saved_step)
   finally:
     ckpt.close()
+    if board is not None:
+      board.close()
   return state, history
 
 
-def _diverged(workdir: Path, ckpt, epoch: int, step: int, loss: float) -> TrainingDiverged:
-  reporting.append_jsonl(workdir / "metrics.jsonl",
-                         {"epoch": epoch + 1, "step": step, "diverged": True, "train_loss": loss})
+def _open_tensorboard(workdir: Path, config: Config):
+  if not config.tensorboard:
+    return None
+  try:
+    return tensorboard.Writer(workdir, config)
+  except ImportError as e:  # a minimal JAX-only machine: train anyway
+    print(f"warning: no TensorBoard events ({e}); pip install tensorboardX to have them",
+          file=reporting.console(), flush=True)
+    return None
+
+
+def _write_plots(workdir: Path, history: list[dict[str, Any]], confusion) -> None:
+  """curves.png and confusion_matrix.png; a failure is reported, never fatal to training."""
+  try:
+    plots.write_run_plots(workdir, history, confusion)
+  except Exception as e:  # noqa: BLE001 - a figure must not cost a training run
+    print(f"warning: could not write the plots in {workdir} ({type(e).__name__}: {e})",
+          file=reporting.console(), flush=True)
+
+
+def _step(state) -> int:
+  """The global step as a Python int (reads the device: once per epoch or save)."""
+  return int(parallel.to_host(state.step))
+
+
+def _diverged(workdir: Path, ckpt, epoch: int, step: int, loss: float,
+              main: bool = True) -> TrainingDiverged:
+  if main:
+    reporting.append_jsonl(workdir / "metrics.jsonl", {"epoch": epoch + 1, "step": step,
+                                                       "diverged": True, "train_loss": loss})
   last = ckpt.latest_step()
   kept = (f"the last good checkpoint, {ckpt.directory / str(last)}, is kept" if last is not None
           else "no checkpoint had been written yet")

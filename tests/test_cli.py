@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, requires_mnist
@@ -60,8 +61,9 @@ def test_changed_hidden_size_is_refused_and_nothing_lost(tmp_path, tiny_splits):
 @pytest.mark.slow
 @pytest.mark.xdist_group("tfds")  # one worker prepares tfds's MNIST for both tests
 def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir):
-  """One epoch of a small LSTM on the real files through tfds, then a resume that finds the
-  run finished."""
+  """The main command on the real files through tfds (one epoch of a small LSTM), a resume
+  that finds the run finished, then evaluate and predict on its workdir. One test, so that
+  the run is made once (a fixture shared by several tests may be made on each worker)."""
   workdir = tmp_path / "run"
   args = ["--workdir", workdir, "--preset", "tutorial", "--epochs", "1", "--hidden-size", "32",
           "--learning-rate", "3e-3", "--data-dir", tfds_data_dir, "--manual-dir", mnist_dir]
@@ -71,5 +73,66 @@ def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir):
   assert record["test_count"] == 10000
   assert record["test_accuracy"] > 0.90, record  # 32 units, one epoch: ~94% seen
   assert f"test accuracy {100 * record['test_accuracy']:.2f}%" in r.stdout
+  if "GLIBC_TUNABLES" not in os.environ and sys.platform.startswith("linux"):
+    assert "malloc glibc.malloc.hugetlb=1" in r.stdout  # restarted with the tuned allocator
+  for name in ("curves.png", "confusion_matrix.png"):
+    assert (workdir / name).stat().st_size > 20_000
+  assert list(workdir.glob("events.out.tfevents.*"))
   r2 = run_cli(*args)
   assert r2.returncode == 0 and "run already finished: 1 of 1 epochs" in r2.stdout
+  check_evaluate_matches_training(workdir)
+  check_predict_png_of_a_test_digit_as_the_model_classifies_the_array(workdir, mnist_dir,
+                                                                      tmp_path)
+  check_evaluate_and_predict_bad_inputs_are_one_line_errors(workdir, tmp_path)
+
+
+def check_evaluate_matches_training(workdir):
+  record = json.loads((workdir / "metrics.jsonl").read_text())
+  r = run_cli("evaluate", "--workdir", workdir)  # the run's own data settings
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert (f"accuracy {100 * record['test_accuracy']:.2f}% ({record['test_correct']:,} of "
+          "10,000)") in r.stdout
+  assert f"{100 * record['test_accuracy']:.2f}% ({record['test_correct']}): the same" in r.stdout
+  m = np.asarray(record["test_confusion"])
+  assert m.sum() == 10000 and np.trace(m) == record["test_correct"]
+  for k in range(10):
+    assert f"  {k}: {100 * m[k, k] / m[k].sum():6.2f}% ({m[k, k]:,} of {m[k].sum():,};" in r.stdout
+
+
+def check_predict_png_of_a_test_digit_as_the_model_classifies_the_array(workdir, mnist_dir,
+                                                                       tmp_path):
+  from PIL import Image
+  from rnnjax import data, inference
+  test = data.load_idx("test", manual_dir=mnist_dir)
+  run = inference.load_run(workdir)
+  picks = [0, 1, 2, 3]
+  expected = inference.predict(run, test.images[picks])
+  files = []
+  for k in picks:
+    light = tmp_path / f"digit{k}.png"
+    Image.fromarray(test.images[k]).save(light)
+    dark = tmp_path / f"digit{k}_on_paper.png"
+    Image.fromarray(255 - test.images[k]).convert("RGB").save(dark)  # dark on light, RGB
+    files += [light, dark]
+  # A larger photo-like image: digit 0 scaled up 4x, dark on white paper, off-centre, JPEG.
+  big = np.full((160, 200), 255, np.uint8)
+  big[20:132, 70:182] = 255 - np.kron(test.images[0], np.ones((4, 4), np.uint8))
+  Image.fromarray(big).save(tmp_path / "big.jpg", quality=95)
+  r = run_cli("predict", "--workdir", workdir, "--top", "2", *files, tmp_path / "big.jpg")
+  assert r.returncode == 0, r.stdout + r.stderr
+  for k, p in zip(picks, expected):
+    top = np.argsort(-p)[:2]
+    want = ", ".join(f"{c} ({100 * p[c]:.1f}%)" for c in top)
+    assert f"digit{k}.png: {want}" in r.stdout, r.stdout
+    assert f"digit{k}_on_paper.png: {want}" in r.stdout, r.stdout
+  assert f"big.jpg: {int(np.argmax(expected[0]))} (" in r.stdout, r.stdout
+
+
+def check_evaluate_and_predict_bad_inputs_are_one_line_errors(workdir, tmp_path):
+  (tmp_path / "notes.png").write_text("hello")
+  r = run_cli("predict", "--workdir", workdir, tmp_path / "notes.png")
+  assert r.returncode == 1 and "error: " in r.stderr
+  assert "notes.png: not a readable image" in r.stderr and "Traceback" not in r.stderr
+  r = run_cli("evaluate", "--workdir", tmp_path / "missing")
+  assert r.returncode == 1 and "no workdir" in r.stderr and "Traceback" not in r.stderr
+  # A step that is not there: tests/test_inspect.py (in process).

@@ -29,14 +29,14 @@ def tree_of(path):
           if p.is_file()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker (xdist interleaves modules)
 def config():
   # 64 training examples, batch 16: 4 steps per epoch.
   return config_lib.get_config("tiny").replace(
       epochs=3, schedule="cosine", warmup_epochs=0.5, grad_clip_norm=1.0, augment_shift=2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker (xdist interleaves modules)
 def uninterrupted(config, tiny_splits, tmp_path_factory):
   return train.train_and_evaluate(config, tmp_path_factory.mktemp("full"), tiny_splits,
                                   log=lambda s: None)

@@ -21,7 +21,7 @@ def digest(stdout):
   return [l for l in stdout.splitlines() if l.startswith("DIGEST")][-1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker (xdist interleaves modules)
 def reference(tmp_path_factory):
   """Final parameters of an uninterrupted run."""
   return kill_resume.run_to_end(tmp_path_factory.mktemp("ref"), EPOCHS, EVERY)[0]

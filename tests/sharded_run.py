@@ -1,0 +1,60 @@
+"""One training process on N simulated CPU devices, for tests/test_parallel.py.
+
+    python tests/sharded_run.py --devices 4 --workdir W --epochs 2 --out params.npz \\
+        [--coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0]
+
+Trains a tiny LSTM on synthetic MNIST-shaped data with the library's whole loop
+(`train.train_and_evaluate`, resuming from W's checkpoints if any) and, in process 0,
+writes the final parameters to --out and one JSON line (devices, processes, history) to
+stdout.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--devices", type=int, required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--epochs", type=int, default=2)
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--out", required=True)
+  p.add_argument("--coordinator")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+  args = p.parse_args()
+
+  import jax
+  jax.config.update("jax_num_cpu_devices", args.devices)  # before any JAX work
+  import numpy as np
+  from conftest import synthetic_split
+  from rnnjax import config, parallel, train
+
+  parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+  cfg = config.get_config("tiny").replace(epochs=args.epochs, batch_size=args.batch_size,
+                                          hidden_size=8, learning_rate=1e-2)
+  try:
+    state, history = train.train_and_evaluate(
+        cfg, args.workdir, splits=(synthetic_split(128, 0), synthetic_split(64, 1)),
+        log=lambda line: None)
+  except parallel.ParallelError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  params = parallel.to_host(state.params)
+  if parallel.is_main_process():
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    np.savez(args.out, **flat)
+    print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                      "history": history}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
