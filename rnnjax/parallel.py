@@ -63,8 +63,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if not 0 <= process_id < num_processes:
     raise ParallelError(f"process id {process_id} is not in [0, {num_processes})")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    raise ParallelError(f"coordinator address must be HOST:PORT, got {coordinator!r}")
+  # JAX's coordinator listens on every interface by default; a loopback coordinator (one
+  # machine, as in the tests) listens on loopback only.
+  bind = coordinator if host in ("127.0.0.1", "localhost", "[::1]") else None
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, coordinator_bind_address=bind)
   return True
 
 
