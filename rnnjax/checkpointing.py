@@ -31,7 +31,10 @@ class Checkpointer:
   `meta` is a small JSON-able dict (epoch, position in the epoch, history so far).
   """
 
-  def __init__(self, directory: str | os.PathLike, keep: int = 2):
+  def __init__(self, directory: str | os.PathLike, keep: int = 2, read_only: bool = False):
+    """`read_only`: for readers (evaluate, predict, notebooks) of a workdir that a run may
+    be writing at the same time: no saves, deletions, or clean-up of the run's unfinished
+    (temporary) checkpoint folders."""
     self.directory = Path(directory).absolute()
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(keep),
@@ -42,7 +45,8 @@ class Checkpointer:
         preservation_policy=preservation,
         best_fn=_test_accuracy, best_mode="max",  # without best_fn, best_step() = latest
         enable_async_checkpointing=False,  # a returned save is on disk: simplest to reason about
-        cleanup_tmp_directories=True)      # leftovers of a save killed midway
+        cleanup_tmp_directories=not read_only,  # leftovers of a save killed midway
+        read_only=read_only, create=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:

@@ -58,7 +58,8 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     raise InferenceError(f"{stored} is unreadable or invalid ({e}).") from None
   if not (workdir / "checkpoints").is_dir():
     raise InferenceError(f"{workdir} has no checkpoints/ yet: let the run finish an epoch.")
-  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
+                                    read_only=True)  # the run may be writing beside us
   try:
     available = ckpt.steps()
     if not available:

@@ -109,6 +109,22 @@ def test_evaluate_matches_the_recorded_test_accuracy_exactly(synthetic_run):
   np.testing.assert_allclose(r["per_class_accuracy"], m.diagonal() / m.sum(1), rtol=1e-15)
 
 
+def test_reading_a_workdir_leaves_a_running_save_alone(synthetic_run):
+  """evaluate/predict may run while training writes a checkpoint: the unfinished
+  (temporary) folder of that save must survive, and nothing may be written."""
+  workdir, *_ = synthetic_run
+  unfinished = workdir / "checkpoints" / "999.orbax-checkpoint-tmp-1795760000000000"
+  (unfinished / "state").mkdir(parents=True)
+  try:
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    run = inference.load_run(workdir, "latest")
+    assert run.step != 999 and unfinished.is_dir()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  finally:
+    (unfinished / "state").rmdir()
+    unfinished.rmdir()
+
+
 def test_load_run_errors_name_the_problem(tmp_path, synthetic_run):
   with pytest.raises(inference.InferenceError, match="holds no run"):
     inference.load_run(tmp_path)
