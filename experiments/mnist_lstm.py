@@ -170,8 +170,7 @@ def _evaluate(run, args, recorded: dict) -> int:
   config = run.config
   manual_dir = args.manual_dir or config.manual_dir
   if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
-    manual_dir = os.environ.get("RNNJAX_MANUAL_DIR") or (
-        str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None)
+    manual_dir = default_manual_dir()  # the run's folder is not on this machine
   test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
                          manual_dir)
   r = inference.evaluate_run(run, test)
@@ -190,6 +189,14 @@ def _evaluate(run, args, recorded: dict) -> int:
   return 0
 
 
+def default_manual_dir() -> str | None:
+  """$RNNJAX_MANUAL_DIR, else ../shared/data/mnist beside the checkout when it exists."""
+  found = os.environ.get("RNNJAX_MANUAL_DIR") or None
+  if found is None and SHARED_MNIST.is_dir():
+    found = str(SHARED_MNIST)
+  return found
+
+
 def build_config(args: argparse.Namespace) -> config_lib.Config:
   overrides = {
       "epochs": args.epochs, "batch_size": args.batch_size,
@@ -200,10 +207,7 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
       "data_source": args.data_source, "data_dir": args.data_dir,
   }
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  manual_dir = args.manual_dir or os.environ.get("RNNJAX_MANUAL_DIR") or None
-  if manual_dir is None and SHARED_MNIST.is_dir():
-    manual_dir = str(SHARED_MNIST)
-  overrides["manual_dir"] = manual_dir
+  overrides["manual_dir"] = args.manual_dir or default_manual_dir()
   if args.no_progress:
     overrides["progress"] = False
   if args.no_tensorboard:

@@ -78,8 +78,7 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
       if step not in available:
         raise InferenceError(f"no checkpoint {step} in {workdir / 'checkpoints'}; there are: "
                              f"{', '.join(map(str, available))}")
-    abstract = checkpointing.abstract_like(
-        jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0))))
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
     restored = ckpt.restore(abstract, step=step)
   except checkpointing.CheckpointError as e:
     raise InferenceError(str(e)) from None
