@@ -1,4 +1,7 @@
-"""Row-wise MNIST LSTM: an LSTM reads each image as 28 rows of 28 pixels.
+"""Row-wise MNIST LSTM: an LSTM reads each image as 28 rows of 28 pixels; and the command
+line of every rnnjax run (other tasks, cells and models by flag or --preset; the research
+presets also have scripts of their own: row_lstm.py, row_gru.py, row_bilstm.py,
+seq_lstm.py, permuted_lstm.py, irnn.py).
 
 Command (from the repository root):
 
@@ -40,7 +43,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from rnnjax import allocator  # noqa: E402  (light: no JAX, no TF)
 from rnnjax import config as config_lib  # noqa: E402
 
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def positive_int(text: str) -> int:
@@ -75,29 +78,49 @@ def positive_float(text: str) -> float:
 
 def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description="Train an LSTM on row-wise MNIST; rerun the same command to resume. "
+      description="Train a recurrent classifier (by default an LSTM on row-wise MNIST); "
+                  "rerun the same command to resume. "
                   "Subcommands for a trained workdir: `evaluate --workdir W` and "
                   "`predict --workdir W IMAGE...` (see `evaluate --help`).",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--workdir", default="runs/default",
-                 help="where config.json, metrics.jsonl and checkpoints/ go")
+  p.add_argument("--workdir",
+                 help="where config.json, metrics.jsonl and checkpoints/ go (default: "
+                      "runs/PRESET)")
   p.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
                  help="starting configuration; the flags below override it")
-  p.add_argument("--epochs", type=positive_int)
-  p.add_argument("--batch-size", type=positive_int)
-  p.add_argument("--eval-batch-size", type=positive_int)
-  p.add_argument("--hidden-size", type=positive_int)
-  p.add_argument("--num-layers", type=positive_int)
-  p.add_argument("--learning-rate", type=positive_float)
-  p.add_argument("--augment-shift", type=non_negative_int,
+  m = p.add_argument_group("task and model")
+  m.add_argument("--dataset", choices=config_lib.DATASETS)
+  m.add_argument("--task", choices=config_lib.TASKS,
+                 help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: "
+                      "784 pixels in a fixed random order")
+  m.add_argument("--permutation-seed", type=non_negative_int,
+                 help="seed of the permuted task's pixel order")
+  m.add_argument("--cell", choices=config_lib.CELLS)
+  m.add_argument("--forget-bias", type=float, help="added to the LSTM forget-gate bias at init")
+  m.add_argument("--hidden-size", type=positive_int)
+  m.add_argument("--num-layers", type=positive_int)
+  m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
+  m.add_argument("--dropout", type=float, help="rate on every recurrent layer's outputs")
+  m.add_argument("--readout", choices=config_lib.READOUTS)
+  o = p.add_argument_group("training")
+  o.add_argument("--epochs", type=positive_int)
+  o.add_argument("--batch-size", type=positive_int)
+  o.add_argument("--eval-batch-size", type=positive_int)
+  o.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
+  o.add_argument("--learning-rate", type=positive_float)
+  o.add_argument("--schedule", choices=config_lib.SCHEDULES)
+  o.add_argument("--warmup-epochs", type=float, help="linear warm-up (cosine schedule)")
+  o.add_argument("--grad-clip-norm", type=float, help="clip by global norm (0: off)")
+  o.add_argument("--weight-decay", type=float, help="decoupled weight decay (adamw)")
+  o.add_argument("--augment-shift", type=non_negative_int,
                  help="random training-image shifts of up to this many pixels (0: off)")
-  p.add_argument("--seed", type=non_negative_int)
+  o.add_argument("--seed", type=non_negative_int)
   p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
                  help="tfds, idx (NumPy reader, no TensorFlow) or auto (tfds if installed)")
   p.add_argument("--data-dir", help="tfds data dir (default: tfds's, ~/tensorflow_datasets)")
   p.add_argument("--manual-dir",
-                 help="folder with the four MNIST files for offline use (default: "
-                      "$RNNJAX_MANUAL_DIR, else ../shared/data/mnist when it exists)")
+                 help="folder with the dataset's four IDX files for offline use (default: "
+                      "$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET when it exists)")
   p.add_argument("--checkpoint-every", type=non_negative_int, metavar="STEPS",
                  help="also checkpoint every STEPS training steps (default: after each "
                       "epoch, and on SIGTERM/SIGINT)")
@@ -127,17 +150,19 @@ def make_inspect_parser(command: str) -> argparse.ArgumentParser:
   if command == "evaluate":
     p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
                    help="override the run's data source")
-    p.add_argument("--manual-dir", help="folder with the four MNIST files (offline); "
-                   "default: the run's, else $RNNJAX_MANUAL_DIR or ../shared/data/mnist")
+    p.add_argument("--manual-dir", help="folder with the dataset's four files (offline); "
+                   "default: the run's, else $RNNJAX_MANUAL_DIR or ../shared/data/DATASET")
   else:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files of digits")
     p.add_argument("--top", type=positive_int, default=3, help="classes shown per image")
   return p
 
 
-def inspect_main(command: str, argv: list[str]) -> int:
+def inspect_main(command: str, argv: list[str], preset: str = "default") -> int:
   """`evaluate` and `predict`: read-only uses of a workdir."""
-  args = make_inspect_parser(command).parse_args(argv)
+  parser = make_inspect_parser(command)
+  parser.set_defaults(workdir=f"runs/{preset}")
+  args = parser.parse_args(argv)
   workdir = Path(args.workdir)
   if not workdir.is_dir():
     print(f"error: no workdir {workdir}; train first: python experiments/mnist_lstm.py "
@@ -170,9 +195,9 @@ def _evaluate(run, args, recorded: dict) -> int:
   config = run.config
   manual_dir = args.manual_dir or config.manual_dir
   if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
-    manual_dir = default_manual_dir()  # the run's folder is not on this machine
+    manual_dir = default_manual_dir(config.dataset)  # the run's folder is not here
   test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
-                         manual_dir)
+                         manual_dir, config.dataset)
   r = inference.evaluate_run(run, test)
   print(f"test loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}% "
         f"({r['correct']:,} of {r['count']:,})")
@@ -189,30 +214,34 @@ def _evaluate(run, args, recorded: dict) -> int:
   return 0
 
 
-def default_manual_dir() -> str | None:
-  """$RNNJAX_MANUAL_DIR, else ../shared/data/mnist beside the checkout when it exists."""
+def default_manual_dir(dataset: str = "mnist") -> str | None:
+  """$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET beside the checkout when it exists."""
   found = os.environ.get("RNNJAX_MANUAL_DIR") or None
-  if found is None and SHARED_MNIST.is_dir():
-    found = str(SHARED_MNIST)
+  shared = SHARED_DATA / dataset
+  if found is None and shared.is_dir():
+    found = str(shared)
   return found
 
 
 def build_config(args: argparse.Namespace) -> config_lib.Config:
-  overrides = {
-      "epochs": args.epochs, "batch_size": args.batch_size,
-      "eval_batch_size": args.eval_batch_size, "hidden_size": args.hidden_size,
-      "num_layers": args.num_layers, "learning_rate": args.learning_rate, "seed": args.seed,
-      "augment_shift": args.augment_shift,
+  fields = ("dataset", "task", "permutation_seed", "cell", "forget_bias", "hidden_size",
+            "num_layers", "bidirectional", "dropout", "readout", "epochs", "batch_size",
+            "eval_batch_size", "optimizer", "learning_rate", "schedule", "warmup_epochs",
+            "grad_clip_norm", "weight_decay", "augment_shift", "seed")
+  overrides = {f: getattr(args, f) for f in fields}
+  overrides.update({
       "checkpoint_every_steps": args.checkpoint_every,
       "data_source": args.data_source, "data_dir": args.data_dir,
-  }
+  })
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  overrides["manual_dir"] = args.manual_dir or default_manual_dir()
+  base = config_lib.get_config(args.preset)
+  overrides["manual_dir"] = args.manual_dir or default_manual_dir(
+      overrides.get("dataset", base.dataset))
   if args.no_progress:
     overrides["progress"] = False
   if args.no_tensorboard:
     overrides["tensorboard"] = False
-  return config_lib.get_config(args.preset).replace(**overrides)
+  return base.replace(**overrides)
 
 
 def library_output_to(workdir: Path):
@@ -233,15 +262,19 @@ def library_output_to(workdir: Path):
   return terminal
 
 
-def main(argv=None) -> int:
+def main(argv=None, preset: str = "default") -> int:
+  """The command: `argv` None reads sys.argv (and restarts with the tuned allocator);
+  `preset` is the default of --preset (the experiments/<preset>.py scripts set it)."""
   command = argv is None  # run as a command, not called from Python
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] in ("evaluate", "predict"):
-    return inspect_main(argv[0], argv[1:])
+    return inspect_main(argv[0], argv[1:], preset)
   if argv and argv[0] == "train":
     argv = argv[1:]
   parser = make_parser()
+  parser.set_defaults(preset=preset)
   args = parser.parse_args(argv)
+  args.workdir = args.workdir or f"runs/{args.preset}"
   try:
     config = build_config(args)
   except ValueError as e:  # a value or combination argparse cannot check on its own

@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable
 
 # Fields whose change alters the structure or shapes of the train state. Resuming a workdir
 # whose stored config differs in one of these cannot work; the loop says so and suggests a
 # new workdir. (Clipping and schedules keep one optimizer-state structure whatever their
 # values, so changing them on resume is allowed, with a warning.)
-SHAPE_FIELDS = ("task", "cell", "hidden_size", "num_layers", "num_classes", "optimizer")
+SHAPE_FIELDS = ("task", "cell", "hidden_size", "num_layers", "bidirectional", "num_classes",
+                "optimizer")
 
 TRAIN_EXAMPLES = 60000  # every dataset rnnjax reads has 60,000 training images
 DATA_SOURCES = ("auto", "tfds", "idx")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
+# 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+# How an image becomes a sequence: 28 rows of 28 pixels; 784 pixels one at a time (in
+# raster order, or in a fixed random order: permuted sequential MNIST).
+TASKS = ("rows", "pixels", "permuted")
+CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn")
+READOUTS = ("last", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +45,25 @@ class Config:
 
   Attributes:
     name: preset this value started from (recorded, not interpreted).
-    dataset: tfds name of the image dataset (`mnist`).
-    task: how an image becomes a sequence; `rows` reads 28 rows of 28 pixels.
-    cell: recurrent cell; `lstm` is `nn.OptimizedLSTMCell`.
-    hidden_size: units of each recurrent layer.
+    dataset: tfds name of the image dataset: `mnist`, `fashion_mnist` or `kmnist` (all
+      28 x 28 grayscale, 10 classes, in the same four-file IDX format).
+    task: how an image becomes a sequence: `rows` (28 steps of 28 pixels), `pixels`
+      (sequential MNIST: 784 steps of 1 pixel, raster order) or `permuted` (784 steps of 1
+      pixel in a fixed random order drawn from `permutation_seed`, stored in the workdir as
+      permutation.json, so a resumed or evaluated run reads pixels in the same order).
+    permutation_seed: seed of the `permuted` task's pixel order (unused by other tasks).
+    cell: recurrent cell: `lstm` (`nn.OptimizedLSTMCell`), `lstm_cell` (`nn.LSTMCell`:
+      same parameters and numbers, unfused), `gru` (`nn.GRUCell`), `tanh` (`nn.SimpleCell`,
+      an Elman RNN) or `irnn` (ReLU RNN with identity-initialised recurrence, Le et al. 2015).
+    forget_bias: added to the forget-gate bias at initialisation (LSTM cells only; 1.0 is
+      the usual choice, Jozefowicz et al. 2015; 0 keeps Flax's zero init).
+    hidden_size: units of each recurrent layer (per direction).
     num_layers: stacked recurrent layers.
+    bidirectional: each layer reads the sequence both ways and concatenates the two.
+    dropout: dropout rate on the outputs of every recurrent layer (between layers, and
+      before the readout); 0 turns it off.
+    readout: the dense layer reads the `last` hidden state (for a bidirectional layer, the
+      forward direction's last and the backward direction's first), or the `mean` over time.
     num_classes: logits of the dense readout.
     batch_size: training images per step (the global batch).
     eval_batch_size: test images per evaluation step; the last partial batch is padded and
@@ -76,9 +99,14 @@ class Config:
   name: str = "default"
   dataset: str = "mnist"
   task: str = "rows"
+  permutation_seed: int = 0
   cell: str = "lstm"
+  forget_bias: float = 0.0
   hidden_size: int = 256
   num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
+  readout: str = "last"
   num_classes: int = 10
   batch_size: int = 100
   eval_batch_size: int = 1000
@@ -158,12 +186,22 @@ def validate(c: Config) -> list[str]:
     errors.append(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
   if c.data_source not in DATA_SOURCES:
     errors.append(f"data_source must be one of {DATA_SOURCES}, got {c.data_source!r}")
-  if c.task != "rows":
-    errors.append(f"task must be 'rows', got {c.task!r}")
-  if c.cell != "lstm":
-    errors.append(f"cell must be 'lstm', got {c.cell!r}")
-  if c.dataset != "mnist":
-    errors.append(f"dataset must be 'mnist', got {c.dataset!r}")
+  for field, allowed in (("task", TASKS), ("cell", CELLS), ("dataset", DATASETS),
+                         ("readout", READOUTS)):
+    if getattr(c, field) not in allowed:
+      errors.append(f"{field} must be one of {allowed}, got {getattr(c, field)!r}")
+  if not isinstance(c.bidirectional, bool):
+    errors.append(f"bidirectional must be True or False, got {c.bidirectional!r}")
+  if not (isinstance(c.dropout, (int, float)) and 0 <= c.dropout < 1):
+    errors.append(f"dropout must be in [0, 1), got {c.dropout!r}")
+  if not (isinstance(c.forget_bias, (int, float)) and math.isfinite(c.forget_bias)):
+    errors.append(f"forget_bias must be a finite number, got {c.forget_bias!r}")
+  elif c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
+    errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
+                  "leave it at 0")
+  if (not isinstance(c.permutation_seed, int) or isinstance(c.permutation_seed, bool)
+      or c.permutation_seed < 0):
+    errors.append(f"permutation_seed must be an integer >= 0, got {c.permutation_seed!r}")
   return errors
 
 
@@ -189,8 +227,54 @@ def tiny() -> Config:
                 progress=False, tensorboard=False, plots=False)
 
 
+# ----------------------------------------------------------------------------------------
+# Research presets (issue 7): one per experiments/<name>.py script, whose docstring holds the
+# command, the time and the accuracy measured. Row-wise ones share `default`'s recipe.
+
+def row_lstm() -> Config:
+  """Row-wise LSTM 256: the `default` recipe."""
+  return default().replace(name="row_lstm")
+
+
+def row_gru() -> Config:
+  """Row-wise GRU 256, the `default` recipe."""
+  return default().replace(name="row_gru", cell="gru")
+
+
+def row_bilstm() -> Config:
+  """Row-wise bidirectional LSTM, 256 units each way, the `default` recipe."""
+  return default().replace(name="row_bilstm", bidirectional=True)
+
+
+def _pixel_recipe(**changes) -> Config:
+  # 784-step sequences: forget bias 1 and clipping keep the gradients usable over the long
+  # scan (Jozefowicz et al. 2015; Arjovsky et al. 2016 trained LSTM 128 with RMSProp 1e-3).
+  return Config(task="pixels", hidden_size=128, batch_size=100, epochs=100,
+                learning_rate=1e-3, schedule="cosine", warmup_epochs=1.0, grad_clip_norm=1.0,
+                forget_bias=1.0).replace(**changes)
+
+
+def seq_lstm() -> Config:
+  """Sequential (pixel-by-pixel) MNIST, LSTM 128."""
+  return _pixel_recipe(name="seq_lstm")
+
+
+def permuted_lstm() -> Config:
+  """Permuted sequential MNIST, LSTM 128 (pixel order from permutation_seed 0)."""
+  return _pixel_recipe(name="permuted_lstm", task="permuted")
+
+
+def irnn() -> Config:
+  """Sequential MNIST with IRNN 100 (Le et al. 2015): ReLU, identity recurrence; Adam at a
+  small learning rate with clipping in place of their SGD at 1e-8."""
+  return _pixel_recipe(name="irnn", cell="irnn", hidden_size=100, learning_rate=1e-4,
+                       forget_bias=0.0)
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
-    "default": default, "tutorial": tutorial, "tiny": tiny}
+    "default": default, "tutorial": tutorial, "tiny": tiny,
+    "row_lstm": row_lstm, "row_gru": row_gru, "row_bilstm": row_bilstm,
+    "seq_lstm": seq_lstm, "permuted_lstm": permuted_lstm, "irnn": irnn}
 
 
 def get_config(name: str = "default") -> Config:
@@ -202,9 +286,11 @@ def get_config(name: str = "default") -> Config:
 
 
 def shape_differences(old: dict[str, Any], new: Config) -> list[str]:
-  """Fields in `SHAPE_FIELDS` where a stored config dict and `new` disagree."""
+  """Fields in `SHAPE_FIELDS` where a stored config dict and `new` disagree (and the
+  pixel order, for the permuted task)."""
   out = []
-  for f in SHAPE_FIELDS:
+  fields = SHAPE_FIELDS + (("permutation_seed",) if new.task == "permuted" else ())
+  for f in fields:
     if f in old and old[f] != getattr(new, f):
       out.append(f"{f}: {old[f]!r} in the workdir, {getattr(new, f)!r} now")
   return out

@@ -1,8 +1,9 @@
-"""MNIST as NumPy arrays, from tensorflow-datasets or straight from the four IDX files.
+"""MNIST (or Fashion-MNIST, KMNIST) as NumPy arrays, from tensorflow-datasets or straight
+from the four IDX files; and the tasks that turn images into sequences.
 
 Two sources give the same arrays, in the same order (the order of the official IDX files):
 
-* `tfds`: the tensorflow-datasets `mnist` builder, prepared into a data dir and read back
+* `tfds`: the tensorflow-datasets builder (`mnist`, `fashion_mnist`, `kmnist`), prepared into a data dir and read back
   through tf.data. Online it downloads as tfds always does; offline, `manual_dir` points it at
   a folder holding the four official files (tfds checks their checksums).
 * `idx`: reads the four files with NumPy; no TensorFlow needed (JAX-only GPU machines).
@@ -10,7 +11,8 @@ Two sources give the same arrays, in the same order (the order of the official I
 tfds stores examples shuffled by an md5 hash of their key (the index in the IDX file, salted
 with the split name); `load_tfds` undoes that, so both sources agree element for element.
 
-Batches are NumPy: images `<float32>[batch, 28, 28]` in [0, 1], labels `<int32>[batch]`.
+Batches are NumPy: images `<float32>[batch, 28, 28]` in [0, 1] (or, through a `Task`,
+sequences `[batch, 784, 1]`), labels `<int32>[batch]`.
 The training order of an epoch is a pure function of `(seed, epoch)`, so a resumed run sees
 exactly the batches an uninterrupted one would. TensorFlow is imported only inside
 `load_tfds`, and never sees a GPU.
@@ -23,6 +25,7 @@ import gzip
 import hashlib
 import os
 import socket
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +33,6 @@ from typing import Iterator
 import numpy as np
 
 MANUAL_DIR_ENV = "RNNJAX_MANUAL_DIR"
-URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # where tfds downloads from
 
 # split -> (images file, labels file, number of examples)
 FILES = {
@@ -38,17 +40,58 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
 }
 ALL_FILES = tuple(f for images, labels, _ in FILES.values() for f in (images, labels))
-# SHA-256 of the official files; the same values tfds registers for its `mnist` builder.
-SHA256 = {
-    "train-images-idx3-ubyte.gz":
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz":
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz":
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz":
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Where a dataset of MNIST's format is published, and the SHA-256 of its four files
+  (the values tfds registers in its url_checksums/<name>.txt)."""
+  url: str
+  sha256: dict[str, str]
+
+
+# Every one: 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the same four file
+# names; tfds's builders for them share MNIST's code (so also its example keys and order).
+DATASETS = {
+    "mnist": Dataset("https://storage.googleapis.com/cvdf-datasets/mnist/", {
+        "train-images-idx3-ubyte.gz":
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz":
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz":
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz":
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    }),
+    "fashion_mnist": Dataset("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz":
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz":
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz":
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz":
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    }),
+    "kmnist": Dataset("http://codh.rois.ac.jp/kmnist/dataset/kmnist/", {
+        "train-images-idx3-ubyte.gz":
+            "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+        "train-labels-idx1-ubyte.gz":
+            "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+        "t10k-images-idx3-ubyte.gz":
+            "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+        "t10k-labels-idx1-ubyte.gz":
+            "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+    }),
 }
+SHA256 = DATASETS["mnist"].sha256
+
+
+def dataset_info(name: str) -> Dataset:
+  try:
+    return DATASETS[name]
+  except KeyError:
+    raise DataError(f"unknown dataset {name!r}; rnnjax reads {', '.join(DATASETS)}") from None
 
 
 class DataError(Exception):
@@ -93,30 +136,40 @@ def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
   return path
 
 
-def _missing_files_message(where: Path | None, missing=ALL_FILES) -> str:
+def _missing_files_message(where: Path | None, missing=ALL_FILES, dataset: str = "mnist") -> str:
   place = (f"in {str(where)!r}" if where else
            f"in a folder passed as --manual-dir (or ${MANUAL_DIR_ENV})")
+  url = dataset_info(dataset).url
   return (
-      f"MNIST data not found and the download server is unreachable (no network?). "
+      f"{dataset} data not found and the download server is unreachable (no network?). "
       f"Put the official files {', '.join(missing)} {place}, or run where "
-      f"{URL} can be reached. They are published at http://yann.lecun.com/exdb/mnist/ and "
-      f"{URL}.")
+      f"{url} can be reached. They are published at {url}.")
 
 
-def verify_files(folder: Path, names=ALL_FILES) -> None:
-  """Raises DataError naming the first missing file or file with a wrong SHA-256."""
+def verify_files(folder: Path, names=ALL_FILES, dataset: str = "mnist") -> None:
+  """Raises DataError naming the first missing file or file with a wrong SHA-256 (for
+  `dataset`: each of MNIST, Fashion-MNIST and KMNIST uses the same four file names, so each
+  needs its own folder)."""
+  sha256 = dataset_info(dataset).sha256
   missing = [n for n in names if not (folder / n).is_file()]
   if missing:
     raise DataError(
         f"manual dir {str(folder)!r} lacks {', '.join(missing)}. "
-        + _missing_files_message(folder, missing).split(". ", 1)[1])
+        + _missing_files_message(folder, missing, dataset).split(". ", 1)[1])
   for name in names:
     digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    if digest != SHA256[name]:
+    if digest != sha256[name]:
+      others = [d for d, info in DATASETS.items() if info.sha256[name] == digest]
+      what = (f"it is {others[0]}'s {name}, not {dataset}'s: give each dataset its own folder"
+              if others else "the file is corrupt, truncated, or not the official one")
       raise DataError(
-          f"{str(folder / name)!r} has the wrong checksum (sha256 {digest[:16]}..., expected "
-          f"{SHA256[name][:16]}...): the file is corrupt, truncated, or not the official MNIST "
-          f"file. Replace it with the official {name}.")
+          f"{str(folder / name)!r} has the wrong checksum for {dataset} (sha256 "
+          f"{digest[:16]}..., expected {sha256[name][:16]}...): {what}. Replace it with "
+          f"the official {name} of {dataset}.")
+
+
+def _host(dataset: str) -> str:
+  return urllib.parse.urlsplit(dataset_info(dataset).url).hostname
 
 
 def network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
@@ -150,32 +203,40 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
-def download_idx(folder: Path) -> None:
+def download_idx(folder: Path, dataset: str = "mnist") -> None:
   """Downloads the missing official files into `folder` (used by the IDX source online)."""
   folder.mkdir(parents=True, exist_ok=True)
   for name in ALL_FILES:
     if not (folder / name).exists():
       tmp = folder / (name + ".part")
-      urllib.request.urlretrieve(URL + name, tmp)
+      urllib.request.urlretrieve(dataset_info(dataset).url + name, tmp)
       tmp.replace(folder / name)
 
 
-def load_idx(split: str, manual_dir=None, data_dir=None) -> Split:
-  """Reads `split` ('train' or 'test') from the IDX files, checking their checksums.
+def idx_download_dir(data_dir, dataset: str) -> Path:
+  """Where the IDX source downloads `dataset` when no manual dir is given: tfds's manual
+  dir `<data_dir>/downloads/manual` for MNIST, a folder of its own for the others."""
+  root = Path(data_dir or default_data_dir()).expanduser() / "downloads"
+  return root / "manual" if dataset == "mnist" else root / "rnnjax" / dataset
 
-  Looks in `manual_dir` (or `$RNNJAX_MANUAL_DIR`), else in tfds's manual dir
-  `<data_dir>/downloads/manual`, downloading the files there when they are absent and the
-  network is reachable.
+
+def load_idx(split: str, manual_dir=None, data_dir=None, dataset: str = "mnist") -> Split:
+  """Reads `split` ('train' or 'test') of `dataset` from its IDX files, checking their
+  checksums.
+
+  Looks in `manual_dir` (or `$RNNJAX_MANUAL_DIR`), else in `idx_download_dir`, downloading
+  the files there when they are absent and the network is reachable.
   """
   images_name, labels_name, n = FILES[split]
+  dataset_info(dataset)
   folder = resolve_manual_dir(manual_dir)
   if folder is None:
-    folder = Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+    folder = idx_download_dir(data_dir, dataset)
     if not all((folder / f).is_file() for f in (images_name, labels_name)):
-      if not network_available():
-        raise DataError(_missing_files_message(None))
-      download_idx(folder)
-  verify_files(folder, (images_name, labels_name))
+      if not network_available(_host(dataset)):
+        raise DataError(_missing_files_message(None, dataset=dataset))
+      download_idx(folder, dataset)
+  verify_files(folder, (images_name, labels_name), dataset)
   images, labels = read_idx(folder / images_name), read_idx(folder / labels_name)
   if images.shape != (n, 28, 28) or labels.shape != (n,):
     raise DataError(f"unexpected shapes {images.shape}, {labels.shape} in {str(folder)!r}.")
@@ -203,7 +264,7 @@ def _import_tfds():
 def tfds_order(split: str, n: int) -> np.ndarray:
   """Index in the IDX file of each example tfds stores for `split`, in stored order.
 
-  tfds's MNIST builder keys example i by the integer i and writes examples sorted by the
+  tfds's MNIST builder (and Fashion-MNIST's and KMNIST's, which inherit its code) keys example i by the integer i and writes examples sorted by the
   md5 of (split name + str(key)) (tensorflow_datasets/core/hashing.py).
   """
   salt = hashlib.md5(split.encode())
@@ -218,30 +279,32 @@ def tfds_order(split: str, n: int) -> np.ndarray:
 
 def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
   """Prepares the tfds builder `name` (offline from `manual_dir` if given); returns it."""
+  dataset_info(name)
   tfds = _import_tfds()
   folder = resolve_manual_dir(manual_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
   if folder is not None:
-    verify_files(folder)
+    verify_files(folder, dataset=name)
   else:
     default_manual = Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
-    if not all((default_manual / f).is_file() for f in ALL_FILES) and not network_available():
-      raise DataError(_missing_files_message(None))
+    if (not all((default_manual / f).is_file() for f in ALL_FILES)
+        and not network_available(_host(name))):
+      raise DataError(_missing_files_message(None, dataset=name))
   config = tfds.download.DownloadConfig(manual_dir=str(folder) if folder else None)
   try:
     builder.download_and_prepare(download_config=config)
   except tfds.download.NonMatchingChecksumError as e:
-    raise DataError(f"a downloaded MNIST file has the wrong checksum: {e}. Delete it and "
+    raise DataError(f"a downloaded {name} file has the wrong checksum: {e}. Delete it and "
                     "retry, or pass the official files with --manual-dir.") from None
   return builder
 
 
-def load_tfds(split: str, data_dir=None, manual_dir=None) -> Split:
-  """Reads `split` through tfds and tf.data, in the order of the IDX files."""
+def load_tfds(split: str, data_dir=None, manual_dir=None, dataset: str = "mnist") -> Split:
+  """Reads `split` of `dataset` through tfds and tf.data, in the order of the IDX files."""
   tfds = _import_tfds()
-  builder = prepare_tfds("mnist", data_dir, manual_dir)
+  builder = prepare_tfds(dataset, data_dir, manual_dir)
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
   n = FILES[split][2]
   images = np.empty((n, 28, 28), np.uint8)
@@ -257,23 +320,25 @@ def tensorflow_available() -> bool:
   return importlib.util.find_spec("tensorflow") is not None
 
 
-def load_split(split: str, source: str = "auto", data_dir=None, manual_dir=None) -> Split:
-  """Loads `split` ('train' or 'test') from `source` ('tfds', 'idx' or 'auto')."""
+def load_split(split: str, source: str = "auto", data_dir=None, manual_dir=None,
+               dataset: str = "mnist") -> Split:
+  """Loads `split` ('train' or 'test') of `dataset` from `source` ('tfds', 'idx' or
+  'auto')."""
   if split not in FILES:
     raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
   if source == "auto":
     source = "tfds" if tensorflow_available() else "idx"
   if source == "tfds":
-    return load_tfds(split, data_dir, manual_dir)
+    return load_tfds(split, data_dir, manual_dir, dataset)
   if source == "idx":
-    return load_idx(split, manual_dir, data_dir)
+    return load_idx(split, manual_dir, data_dir, dataset)
   raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")
 
 
 def load_dataset(config) -> tuple[Split, Split]:
   """(train, test) splits for `config` (its data_source, data_dir and manual_dir)."""
-  return tuple(load_split(s, config.data_source, config.data_dir, config.manual_dir)
-               for s in ("train", "test"))
+  return tuple(load_split(s, config.data_source, config.data_dir, config.manual_dir,
+                          config.dataset) for s in ("train", "test"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -282,6 +347,69 @@ def load_dataset(config) -> tuple[Split, Split]:
 def to_float(images: np.ndarray) -> np.ndarray:
   """`<uint8>[..., 28, 28]` -> `<float32>[..., 28, 28]` in [0, 1]."""
   return images.astype(np.float32) / np.float32(255)
+
+
+# ----------------------------------------------------------------------------------------
+# Tasks: how an image becomes a sequence.
+
+PIXELS = 28 * 28
+
+
+def pixel_permutation(seed: int) -> np.ndarray:
+  """The `permuted` task's pixel order, `<int64>[784]`: a pure function of `seed`.
+
+  Runs store it in their workdir (permutation.json) and read it back from there, so a run
+  keeps its order even if NumPy's generator changed between versions.
+  """
+  return np.random.default_rng(seed).permutation(PIXELS)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """Turns images `<float32>[b, 28, 28]` into sequences `<float32>[b, time, features]`.
+
+  * `rows`: 28 steps of 28 pixels (the image as it is).
+  * `pixels`: 784 steps of 1 pixel, in raster order (sequential MNIST).
+  * `permuted`: 784 steps of 1 pixel, pixel `permutation[t]` at step t (permuted
+    sequential MNIST: no step is next to its neighbours in the image).
+
+  Attributes:
+    name: one of `rnnjax.config.TASKS`.
+    permutation: `<int>[784]`, for `permuted` only.
+  """
+  name: str = "rows"
+  permutation: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.name not in ("rows", "pixels", "permuted"):
+      raise ValueError(f"unknown task {self.name!r}")
+    if self.name == "permuted":
+      p = self.permutation
+      if p is None or np.shape(p) != (PIXELS,) or not np.array_equal(np.sort(p),
+                                                                     np.arange(PIXELS)):
+        raise ValueError("the permuted task needs a permutation of range(784)")
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    """`(time, features)` of one sequence."""
+    return (28, 28) if self.name == "rows" else (PIXELS, 1)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    if self.name == "rows":
+      return images
+    flat = images.reshape(images.shape[0], PIXELS)
+    if self.name == "permuted":
+      flat = flat[:, self.permutation]
+    return flat[:, :, None]
+
+
+def make_task(name: str = "rows", permutation_seed: int = 0,
+              permutation: np.ndarray | None = None) -> Task:
+  """The task `name`; `permuted` uses `permutation` if given, else draws it from
+  `permutation_seed`."""
+  if name == "permuted" and permutation is None:
+    permutation = pixel_permutation(permutation_seed)
+  return Task(name, None if name != "permuted" else np.asarray(permutation, np.int64))
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -326,16 +454,18 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
                   start_step: int = 0, max_shift: int = 0,
-                  shard: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  shard: tuple[int, int] | None = None,
+                  task: Task | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields the training batches of `epoch` from step `start_step` on.
 
   Order and augmentation (random translations by up to `max_shift` pixels, off when 0) are
   pure functions of (seed, epoch): resuming at `start_step` gives the same batches.
   `shard=(first, count)` yields only rows [first, first + count) of every global batch of
   `batch_size` (one process's share in a multi-host run; only those images are read).
+  `task` turns the (shifted) images into sequences; None: rows.
 
   Yields:
-    {'image': <float32>[rows, 28, 28], 'label': <int32>[rows]}
+    {'image': <float32>[rows, time, features], 'label': <int32>[rows]}
   """
   n = len(split)
   first, count = shard or (0, batch_size)
@@ -348,17 +478,20 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
     images = split.images[idx]
     if shifts is not None:
       images = shift_images(images, shifts[pos])
-    yield {"image": to_float(images), "label": split.labels[idx]}
+    images = to_float(images)
+    yield {"image": task(images) if task else images, "label": split.labels[idx]}
 
 
-def eval_batches(split: Split, batch_size: int,
-                 shard: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(split: Split, batch_size: int, shard: tuple[int, int] | None = None,
+                 task: Task | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields every example exactly once, in order; the last batch is zero-padded to
   `batch_size` so that one compiled step serves all, and `mask` marks the real rows.
-  `shard=(first, count)`: only those rows of every batch, as in `train_batches`.
+  `shard=(first, count)`: only those rows of every batch, as in `train_batches`; `task`
+  as there.
 
   Yields:
-    {'image': <float32>[rows, 28, 28], 'label': <int32>[rows], 'mask': <float32>[rows]}
+    {'image': <float32>[rows, time, features], 'label': <int32>[rows],
+     'mask': <float32>[rows]}
   """
   n = len(split)
   first, count = shard or (0, batch_size)
@@ -371,4 +504,4 @@ def eval_batches(split: Split, batch_size: int,
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
       labels = np.concatenate([labels, np.zeros(pad, np.int32)])
       mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-    yield {"image": images, "label": labels, "mask": mask}
+    yield {"image": task(images) if task else images, "label": labels, "mask": mask}

@@ -32,13 +32,15 @@ class InferenceError(Exception):
 
 @dataclasses.dataclass
 class Run:
-  """A restored run: its config, train state, checkpoint step and the epoch record."""
+  """A restored run: its config, train state, checkpoint step, the epoch record, and its
+  task (images -> sequences, with the run's own pixel order for the permuted task)."""
   workdir: Path
   config: Config
   state: steps.TrainState
   step: int
   which: str
   record: dict[str, Any] | None  # the metrics.jsonl line of that checkpoint's epoch
+  task: data.Task = dataclasses.field(default_factory=data.Task)
 
 
 def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
@@ -56,6 +58,14 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     config = Config.from_dict(json.loads(stored.read_text()))
   except (OSError, ValueError, TypeError) as e:
     raise InferenceError(f"{stored} is unreadable or invalid ({e}).") from None
+  from rnnjax import train  # the loop's own reading of the workdir's task
+  try:
+    task = train.load_task(workdir, config)
+  except train.WorkdirError as e:
+    raise InferenceError(str(e)) from None
+  if config.task == "permuted" and not (workdir / train.PERMUTATION_FILE).is_file():
+    raise InferenceError(f"{workdir} lacks {train.PERMUTATION_FILE}, the pixel order its "
+                         "permuted-task checkpoints were trained with.")
   if not (workdir / "checkpoints").is_dir():
     raise InferenceError(f"{workdir} has no checkpoints/ yet: let the run finish an epoch.")
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
@@ -86,7 +96,7 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     ckpt.close()
   state, meta, step = restored
   record = next((r for r in meta.get("history", []) if r.get("step") == step), None)
-  return Run(workdir, config, state, step, which, record)
+  return Run(workdir, config, state, step, which, record, task)
 
 
 def evaluate_run(run: Run, test: data.Split | None = None,
@@ -95,9 +105,10 @@ def evaluate_run(run: Run, test: data.Split | None = None,
   from rnnjax import train  # the loop's own jitted steps and evaluation
   if test is None:
     test = data.load_split("test", run.config.data_source, run.config.data_dir,
-                           run.config.manual_dir)
+                           run.config.manual_dir, run.config.dataset)
   _, eval_step = train.jit_steps()
-  result = train.evaluate(eval_step, run.state, test, batch_size or run.config.eval_batch_size)
+  result = train.evaluate(eval_step, run.state, test, batch_size or run.config.eval_batch_size,
+                          task=run.task)
   m = result["confusion"]
   result["per_class_accuracy"] = (m.diagonal() / np.maximum(m.sum(1), 1)).tolist()
   return result
@@ -105,10 +116,11 @@ def evaluate_run(run: Run, test: data.Split | None = None,
 
 def predict(run: Run, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
   """Class probabilities `<float32>[n, C]` of `images`: `<uint8>[n, 28, 28]` (MNIST's
-  format: light digit on black) or float32 in [0, 1]."""
+  format: light digit on black) or float32 in [0, 1]; read as the run's task reads them."""
   images = np.asarray(images)
   if images.dtype == np.uint8:
     images = data.to_float(images)
+  images = run.task(images)
   fn = jax.jit(steps.predict_step)
   out = [np.asarray(fn(run.state, images[i:i + batch_size]))
          for i in range(0, len(images), batch_size)]

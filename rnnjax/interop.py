@@ -62,7 +62,11 @@ def to_torch(params: Mapping, lstm: str = "lstm", head: str = "fc") -> dict[str,
   sd = {}
   k = 0
   while f"rnn_{k}" in params:
-    cell = params[f"rnn_{k}"]["cell"]
+    cell = params[f"rnn_{k}"].get("cell", {})
+    if "ii" not in cell:
+      raise ValueError(
+          f"to_torch maps unidirectional LSTM layers (cell lstm or lstm_cell) only; layer "
+          f"rnn_{k} holds {sorted(params[f'rnn_{k}'])} / {sorted(cell)}")
     sd[f"{lstm}.weight_ih_l{k}"] = np.concatenate(
         [np.asarray(cell["i" + g]["kernel"]).T for g in GATES])
     sd[f"{lstm}.weight_hh_l{k}"] = np.concatenate(

@@ -6,64 +6,170 @@ frameworks (see `SequenceClassifier`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+# Cells whose carry is `(c, h)`; the others carry `h` alone.
+LSTM_CELLS = ("lstm", "lstm_cell")
+
+
+def identity_init(key, shape, dtype=jnp.float32):
+  """`<dtype>[n, n]` identity matrix (IRNN's recurrent kernel); `key` is unused."""
+  del key
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(f"identity_init needs a square 2-D shape, got {shape}")
+  return jnp.eye(shape[0], dtype=dtype)
+
+
+def make_cell(name: str, hidden_size: int) -> nn.RNNCellBase:
+  """The cell called `name` (see `rnnjax.config.CELLS`), unbound (`parent=None`) so that
+  its parameters nest under the `nn.RNN` that scans it.
+
+  * `lstm`: `nn.OptimizedLSTMCell` (the four gate matmuls fused into one).
+  * `lstm_cell`: `nn.LSTMCell`: the same parameters and equations, unfused.
+  * `gru`: `nn.GRUCell`: `r, z = sigmoid(...)`, `n = tanh(W_in x + b_in + r * (W_hn h +
+    b_hn))`, `h' = (1 - z) * n + z * h`.
+  * `tanh`: `nn.SimpleCell`: `h' = tanh(W_i x + b + W_h h)`.
+  * `irnn`: the same with ReLU, the recurrent kernel initialised to the identity and the
+    input kernel to N(0, 0.001^2) (Le, Jaitly and Hinton 2015, "A Simple Way to Initialize
+    Recurrent Networks of Rectified Linear Units").
+  """
+  if name == "lstm":
+    return nn.OptimizedLSTMCell(hidden_size, parent=None)
+  if name == "lstm_cell":
+    return nn.LSTMCell(hidden_size, parent=None)
+  if name == "gru":
+    return nn.GRUCell(hidden_size, parent=None)
+  if name == "tanh":
+    return nn.SimpleCell(hidden_size, parent=None)
+  if name == "irnn":
+    return nn.SimpleCell(hidden_size, activation_fn=nn.relu,
+                         kernel_init=nn.initializers.normal(1e-3),
+                         recurrent_kernel_init=identity_init, parent=None)
+  raise ValueError(f"unknown cell {name!r}")
 
 
 class SequenceClassifier(nn.Module):
-  """Recurrent layers over a sequence, then a dense layer on the last hidden state.
+  """Recurrent layers over a sequence, then a dense layer on the last (or mean) output.
 
-  Each layer is `nn.RNN(nn.OptimizedLSTMCell(hidden_size))`, scanning over the time axis.
+  Each layer is `nn.RNN(cell)` scanning over the time axis (both ways with
+  `bidirectional`, outputs concatenated); the default cell is `nn.OptimizedLSTMCell`.
 
   Attributes:
-    hidden_size: units of each LSTM layer.
-    num_layers: stacked LSTM layers; layer k>0 reads the outputs of layer k-1.
+    hidden_size: units of each recurrent layer (per direction).
+    num_layers: stacked layers; layer k>0 reads the outputs of layer k-1.
     num_classes: logits of the readout.
+    cell: `lstm`, `lstm_cell`, `gru`, `tanh` or `irnn` (see `make_cell`).
+    bidirectional: each layer is `nn.Bidirectional` of a forward and a backward RNN.
+    dropout: rate of the dropout on every recurrent layer's outputs (active only with
+      `train=True`, which then needs a `'dropout'` rng).
+    readout: `last` (the last step's output; bidirectional: the forward half of the last
+      step and the backward half of the first, i.e. each direction's final state) or `mean`
+      (the mean over time of the outputs).
+    forget_bias: added to the forget-gate biases by `init_params` (LSTM cells only); the
+      module itself only records it.
 
-  Parameters (`params[...]`), for hidden H, input features I and classes C::
+  Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
+  bidirectional, for k > 0) and classes C::
 
-    rnn_{k}/cell/{ii,if,ig,io}/kernel   <f32>[I, H]   input -> gate (k = 0; H for k > 0)
+    rnn_{k}/cell/{ii,if,ig,io}/kernel   <f32>[I, H]   input -> gate
     rnn_{k}/cell/{hi,hf,hg,ho}/kernel   <f32>[H, H]   hidden -> gate
     rnn_{k}/cell/{hi,hf,hg,ho}/bias     <f32>[H]      one bias per gate
-    head/kernel                         <f32>[H, C]
+    head/kernel                         <f32>[H, C]   ([2H, C] when bidirectional)
     head/bias                           <f32>[C]
 
-  Gates: i input, f forget, g cell candidate, o output (PyTorch's order). The carry is
+  Bidirectional layers hold `rnn_{k}/forward_rnn/cell/...` and `rnn_{k}/backward_rnn/cell/...`.
+  GRU cells: `{ir,iz,in}/{kernel,bias}`, `{hr,hz}/kernel`, `hn/{kernel,bias}`; tanh and IRNN
+  cells: `i/{kernel,bias}`, `h/kernel`.
+
+  LSTM gates: i input, f forget, g cell candidate, o output (PyTorch's order). The carry is
   `(c, h)`; `c' = f*c + i*g`, `h' = o*tanh(c')`, with sigmoid for i, f, o and tanh for g.
   """
 
   hidden_size: int = 256
   num_layers: int = 1
   num_classes: int = 10
+  cell: str = "lstm"
+  bidirectional: bool = False
+  dropout: float = 0.0
+  readout: str = "last"
+  forget_bias: float = 0.0
 
   @nn.compact
-  def __call__(self, inputs: jnp.ndarray, all_steps: bool = False) -> jnp.ndarray:
+  def __call__(self, inputs: jnp.ndarray, all_steps: bool = False,
+               train: bool = False) -> jnp.ndarray:
     """`<float32>[batch, time, features]` -> logits `<float32>[batch, num_classes]`.
 
     With `all_steps=True`, the readout is applied after every time step instead:
-    `<float32>[batch, time, num_classes]` (how the prediction evolves as the rows are read;
-    the last step equals the usual logits).
+    `<float32>[batch, time, num_classes]` (how the prediction evolves as the sequence is
+    read: the output at t, or with `mean` readout the mean of the outputs up to t; the last
+    step equals the usual logits for unidirectional models).
     """
     x = inputs
     for k in range(self.num_layers):
-      # parent=None keeps the cell under the RNN's name: params['rnn_0']['cell'][...].
-      cell = nn.OptimizedLSTMCell(self.hidden_size, parent=None)
-      x = nn.RNN(cell, name=f"rnn_{k}")(x, initial_carry=zero_carry(x, self.hidden_size))
-    return nn.Dense(self.num_classes, name="head")(x if all_steps else x[:, -1])
+      carry = zero_carry(x, self.hidden_size, self.cell)
+      if self.bidirectional:
+        x = nn.Bidirectional(
+            nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),
+            nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),  # reversed by it
+            name=f"rnn_{k}")(x, initial_carry=(carry, carry))
+      else:
+        x = nn.RNN(make_cell(self.cell, self.hidden_size), name=f"rnn_{k}")(
+            x, initial_carry=carry)
+      if self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    head = nn.Dense(self.num_classes, name="head")
+    if self.readout == "mean":
+      if all_steps:
+        t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
+        return head(jnp.cumsum(x, axis=1) / t)
+      return head(jnp.mean(x, axis=1))
+    if all_steps:
+      return head(x)
+    if self.bidirectional:
+      h = self.hidden_size
+      return head(jnp.concatenate([x[:, -1, :h], x[:, 0, h:]], axis=-1))
+    return head(x[:, -1])
 
 
-def zero_carry(x: jnp.ndarray, hidden_size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Zero LSTM carry `(c, h)`, each `[batch, hidden]`, derived from `x <[batch, time, f]>`.
+def zero_carry(x: jnp.ndarray, hidden_size: int, cell: str = "lstm"):
+  """Zero carry for `x <[batch, time, f]>`: `(c, h)` for LSTM cells, else `h`; each
+  `[batch, hidden]`.
 
   Derived from the input rather than made fresh, so that it has the input's dtype (float64
   under x64) and its batch sharding (a fresh zero carry is unsharded, which a scan over a
   batch-sharded input rejects under explicit mesh axes).
   """
   zeros = jnp.broadcast_to(jnp.zeros_like(x[:, 0, :1]), (x.shape[0], hidden_size))
-  return zeros, zeros
+  return (zeros, zeros) if cell in LSTM_CELLS else zeros
+
+
+def with_forget_bias(params: Any, value: float) -> Any:
+  """`params` with `value` added to every forget-gate bias (`.../cell/hf/bias`)."""
+  if value == 0:
+    return params
+
+  def add(path, leaf):
+    names = [getattr(p, "key", None) for p in path]
+    return leaf + value if names[-3:] == ["cell", "hf", "bias"] else leaf
+
+  return jax.tree_util.tree_map_with_path(add, params)
+
+
+def init_params(model: SequenceClassifier, key: jax.Array, inputs: jnp.ndarray) -> Any:
+  """`model.init(key, inputs)['params']`, with the model's forget-gate bias applied."""
+  params = model.init(key, inputs)["params"]
+  if model.forget_bias and model.cell in LSTM_CELLS:
+    params = with_forget_bias(params, model.forget_bias)
+  return params
 
 
 def model_from_config(config) -> SequenceClassifier:
   """The one bridge from a `Config` to the model's arguments."""
-  return SequenceClassifier(hidden_size=config.hidden_size, num_layers=config.num_layers,
-                            num_classes=config.num_classes)
+  return SequenceClassifier(
+      hidden_size=config.hidden_size, num_layers=config.num_layers,
+      num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
+      dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias)

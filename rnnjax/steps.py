@@ -53,16 +53,27 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(clip, opt)
 
 
+# [time, features] of each task's sequences (rnnjax.data.Task makes them from images).
+SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}
+
+
 def input_shape(config) -> tuple[int, int, int]:
   """Shape of one model input with batch 1: `[1, time, features]`."""
-  return (1, 28, 28)
+  return (1, *SEQUENCE_SHAPES[config.task])
 
 
 def create_train_state(config, key: jax.Array) -> TrainState:
-  """Initial parameters from `key`, and the optimizer of `config`."""
+  """Initial parameters from `key` (forget-gate bias included), and the optimizer of
+  `config`."""
   model = models.model_from_config(config)
-  params = model.init(key, jnp.zeros(input_shape(config), jnp.float32))["params"]
+  params = models.init_params(model, key, jnp.zeros(input_shape(config), jnp.float32))
   return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def dropout_key(config) -> jax.Array:
+  """Root key of the dropout masks (`train_step` folds the step in); from `config.seed`,
+  apart from the initialisation key `jax.random.key(config.seed)`."""
+  return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -83,18 +94,26 @@ def compute_metrics(logits: jnp.ndarray, labels: jnp.ndarray,
   }
 
 
-def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+def train_step(state: TrainState, batch: Batch,
+               key: jax.Array | None = None) -> tuple[TrainState, Metrics]:
   """One Adam step on the mean loss of `batch`.
 
   Args:
     state: the train state.
     batch: {'image': <f32>[b, time, features], 'label': <i32>[b]}.
+    key: root of the dropout masks (see `dropout_key`; a typed key or its
+      `jax.random.key_data`); the step's masks come from
+      `fold_in(key, state.step)`, so a resumed run draws the same ones. Needed only when the
+      model has dropout.
   Returns:
     The new state, and the batch's metrics (computed with the parameters before the step).
   """
+  if key is not None and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # raw uint32 key data (how the loop replicates it)
+  rngs = {} if key is None else {"dropout": jax.random.fold_in(key, state.step)}
 
   def loss_fn(params):
-    logits = state.apply_fn({"params": params}, batch["image"])
+    logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs=rngs)
     return cross_entropy(logits, batch["label"]).mean(), logits
 
   (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -57,24 +57,55 @@ def check_workdir(workdir: Path, config: Config) -> None:
           "use a new --workdir, or the same settings as before.")
 
 
+PERMUTATION_FILE = "permutation.json"
+
+
+def load_task(workdir: Path, config: Config) -> data.Task:
+  """The run's task. For `permuted`, the pixel order stored in `workdir/permutation.json`
+  when there is one (a resumed or evaluated run reads pixels as it was trained), else the
+  one drawn from `config.permutation_seed` (`store_task` writes it)."""
+  if config.task != "permuted":
+    return data.make_task(config.task)
+  stored = workdir / PERMUTATION_FILE
+  if not stored.exists():
+    return data.make_task("permuted", config.permutation_seed)
+  try:
+    d = json.loads(stored.read_text())
+    return data.make_task("permuted", permutation=d["permutation"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(
+        f"{stored} is unreadable or not a permutation of the 784 pixels ({e}); the run's "
+        "checkpoints only make sense with their own pixel order. Restore the file, or train "
+        "in a new --workdir.") from None
+
+
+def store_task(workdir: Path, config: Config, task: data.Task) -> None:
+  """Writes the permuted task's pixel order next to config.json (once)."""
+  stored = workdir / PERMUTATION_FILE
+  if task.name == "permuted" and not stored.exists():
+    reporting.write_json_atomic(stored, {"permutation_seed": config.permutation_seed,
+                                         "permutation": task.permutation.tolist()})
+
+
 def jit_steps():
   """`train_step` jitted with the state donated, and `eval_step` jitted."""
   return jax.jit(steps.train_step, donate_argnums=0), jax.jit(steps.eval_step)
 
 
 def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int,
-             mesh=None) -> dict:
+             mesh=None, task: data.Task | None = None) -> dict:
   """Loss, accuracy and confusion matrix over every example of `split`, exactly once.
 
   With a `mesh` (the loop's), batches are sharded over its devices and this process feeds
-  only its rows; without one, they go to the default device as NumPy arrays.
+  only its rows; without one, they go to the default device as NumPy arrays. `task` turns
+  images into the model's sequences (None: rows).
   """
   if mesh is None:
-    metrics = [eval_step(state, b) for b in data.eval_batches(split, batch_size)]
+    metrics = [eval_step(state, b) for b in data.eval_batches(split, batch_size, task=task)]
   else:
     rows = parallel.process_rows(batch_size)
     metrics = [eval_step(state, parallel.shard_batch(b, mesh))
-               for b in data.eval_batches(split, batch_size, shard=rows)]
+               for b in data.eval_batches(split, batch_size, shard=rows, task=task)]
   return steps.summarize(parallel.to_host(metrics))
 
 
@@ -148,6 +179,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   if not main:
     log = lambda line: None  # noqa: E731 - process 0 speaks for the run
   check_workdir(workdir, config)
+  task = load_task(workdir, config)
   state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)), mesh)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
   history: list[dict[str, Any]] = []
@@ -175,11 +207,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                        "training examples")
     if main:
       reporting.write_json_atomic(workdir / "config.json", config.to_dict())
+      store_task(workdir, config, task)
       # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
       reporting.write_jsonl(workdir / "metrics.jsonl", history)
       board = _open_tensorboard(workdir, config)
     rows = parallel.process_rows(config.batch_size)
     train_step, eval_step = jit_steps()
+    # Dropout masks: fold_in(key, step) inside the step (unused without dropout).
+    dropout_key = parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh)
     saved_step = _step(state)
     every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
     with StopSignals() as stop:
@@ -197,9 +232,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         pending: list[steps.Metrics] = []
         batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
                                      start_step=first, max_shift=config.augment_shift,
-                                     shard=rows)
+                                     shard=rows, task=task)
         for i, batch in enumerate(batches, start=first + 1):
-          state, m = train_step(state, parallel.shard_batch(batch, mesh))
+          state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
           pending.append(m)
           step = base + i
           periodic = (config.checkpoint_every_steps > 0
@@ -228,7 +263,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         train_seconds = time.perf_counter() - t0
         progress.close()
         count = max(totals["count"], 1)
-        test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
+        test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, task)
         step = _step(state)
         record = {
             "epoch": epoch + 1, "step": step,

@@ -34,15 +34,78 @@ def lstm_layer(cell, x, c=None, h=None):
   return np.stack(outputs, 1), (c, h)
 
 
-def classifier_logits(params, x):
-  """Stacked LSTM layers then the dense head on the last hidden state."""
+def gru_layer(cell, x):
+  """One GRU layer (PyTorch's and Flax's form) over `x <f64>[batch, time, in]`:
+
+    r = sigmoid(x W_ir + b_ir + h W_hr)    z = sigmoid(x W_iz + b_iz + h W_hz)
+    n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+    h' = (1 - z) * n + z * h
+  """
+  p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in cell.items()}
+  h = np.zeros((x.shape[0], p["hr"]["kernel"].shape[0]))
+  outputs = []
+  for t in range(x.shape[1]):
+    xt = x[:, t]
+    r = sigmoid(xt @ p["ir"]["kernel"] + p["ir"]["bias"] + h @ p["hr"]["kernel"])
+    z = sigmoid(xt @ p["iz"]["kernel"] + p["iz"]["bias"] + h @ p["hz"]["kernel"])
+    n = np.tanh(xt @ p["in"]["kernel"] + p["in"]["bias"]
+                + r * (h @ p["hn"]["kernel"] + p["hn"]["bias"]))
+    h = (1 - z) * n + z * h
+    outputs.append(h)
+  return np.stack(outputs, 1), h
+
+
+def simple_layer(cell, x, activation=np.tanh):
+  """Elman RNN over `x`: h' = activation(x W_i + b_i + h W_h) (tanh RNN; IRNN with ReLU)."""
+  p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in cell.items()}
+  h = np.zeros((x.shape[0], p["h"]["kernel"].shape[0]))
+  outputs = []
+  for t in range(x.shape[1]):
+    h = activation(x[:, t] @ p["i"]["kernel"] + p["i"]["bias"] + h @ p["h"]["kernel"])
+    outputs.append(h)
+  return np.stack(outputs, 1), h
+
+
+def relu(x):
+  return np.maximum(x, 0.0)
+
+
+LAYERS = {
+    "lstm": lambda cell, x: lstm_layer(cell, x)[0],
+    "lstm_cell": lambda cell, x: lstm_layer(cell, x)[0],
+    "gru": lambda cell, x: gru_layer(cell, x)[0],
+    "tanh": lambda cell, x: simple_layer(cell, x, np.tanh)[0],
+    "irnn": lambda cell, x: simple_layer(cell, x, relu)[0],
+}
+
+
+def classifier_logits(params, x, cell="lstm", bidirectional=False, readout="last"):
+  """Stacked recurrent layers, then the dense head on the last hidden state (or the mean
+  over time). A bidirectional layer runs a second layer over the time-reversed sequence,
+  flips its outputs back, and concatenates [forward, backward] on the feature axis; its
+  `last` readout is the forward half at the last step and the backward half at the first."""
   x = np.asarray(x, np.float64)
+  layer = LAYERS[cell]
   k = 0
   while f"rnn_{k}" in params:
-    x, _ = lstm_layer(params[f"rnn_{k}"]["cell"], x)
+    p = params[f"rnn_{k}"]
+    if bidirectional:
+      forward = layer(p["forward_rnn"]["cell"], x)
+      backward = layer(p["backward_rnn"]["cell"], x[:, ::-1])[:, ::-1]
+      x = np.concatenate([forward, backward], axis=-1)
+    else:
+      x = layer(p["cell"], x)
     k += 1
+  if readout == "mean":
+    features = x.mean(axis=1)
+  elif bidirectional:
+    hidden = x.shape[-1] // 2
+    features = np.concatenate([x[:, -1, :hidden], x[:, 0, hidden:]], axis=-1)
+  else:
+    features = x[:, -1]
   head = params["head"]
-  return x[:, -1] @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
+  return features @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"],
+                                                                        np.float64)
 
 
 def cross_entropy(logits, labels):

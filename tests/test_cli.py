@@ -28,6 +28,10 @@ def run_cli(*args, env=None, timeout=600):
     (["--preset", "huge"], "--preset: invalid choice: 'huge'"),
     (["--data-source", "hub"], "--data-source: invalid choice: 'hub'"),
     (["--augment-shift", "20"], "augment_shift must be an integer in [0, 13], got 20"),
+    (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
+    (["--cell", "gru", "--forget-bias", "1"], "forget_bias applies to the LSTM cells only"),
+    (["--task", "columns"], "--task: invalid choice: 'columns'"),
+    (["--dataset", "cifar10"], "--dataset: invalid choice: 'cifar10'"),
 ])
 def test_invalid_values_exit_2(args, message, tmp_path):
   r = run_cli("--workdir", tmp_path / "w", *args)
@@ -136,3 +140,21 @@ def check_evaluate_and_predict_bad_inputs_are_one_line_errors(workdir, tmp_path)
   r = run_cli("evaluate", "--workdir", tmp_path / "missing")
   assert r.returncode == 1 and "no workdir" in r.stderr and "Traceback" not in r.stderr
   # A step that is not there: tests/test_inspect.py (in process).
+
+
+PRESET_SCRIPTS = ["row_lstm", "row_gru", "row_bilstm", "seq_lstm", "permuted_lstm", "irnn"]
+
+
+@pytest.mark.parametrize("name", PRESET_SCRIPTS)
+def test_preset_scripts(name, tmp_path):
+  """Each research preset: a script whose docstring gives command, hardware and result, and
+  which runs mnist_lstm.py's command line with its preset as the default."""
+  script = REPO / "experiments" / f"{name}.py"
+  doc = script.read_text().split('"""')[1]
+  assert f"python experiments/{name}.py" in doc and "Measured on" in doc and "%" in doc
+  r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                     cwd=REPO, timeout=60)
+  assert r.returncode == 0 and f"(default: {name})" in r.stdout, r.stderr
+  r = subprocess.run([sys.executable, str(script), "evaluate", "--workdir", tmp_path / "none"],
+                     capture_output=True, text=True, cwd=REPO, timeout=60)
+  assert r.returncode == 1 and "no workdir" in r.stderr

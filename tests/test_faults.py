@@ -47,11 +47,11 @@ def signalling_steps(at_call: int, signum=signal.SIGTERM):
   real_train, real_eval = jax.jit(train.steps.train_step), jax.jit(train.steps.eval_step)
   calls = [0]
 
-  def train_step(state, batch):
+  def train_step(state, batch, *key):
     calls[0] += 1
     if calls[0] == at_call:
       os.kill(os.getpid(), signum)
-    return real_train(state, batch)
+    return real_train(state, batch, *key)
 
   return lambda: (train_step, real_eval)
 

@@ -1,0 +1,20 @@
+"""Sequential (pixel-by-pixel) MNIST: an LSTM with 128 units reads each image as 784 steps
+of one pixel, in raster order; forget-gate bias 1, Adam 1e-3 with cosine decay over 100
+epochs, clipping at 1, batch 100.
+
+Command (from the repository root; the same flags as mnist_lstm.py, which override the
+preset):
+
+    python experiments/seq_lstm.py                          # train in runs/seq_lstm; rerun to resume
+    python experiments/seq_lstm.py evaluate                 # test accuracy of its best checkpoint
+
+Measured on this project's 2-core AMD EPYC CPU (no GPU), README "Results":
+RESULT_seq_lstm
+"""
+
+import sys
+
+from mnist_lstm import main  # experiments/ is on sys.path when this script runs
+
+if __name__ == "__main__":
+  sys.exit(main(preset="seq_lstm"))
