@@ -6,6 +6,7 @@ Command (from the repository root):
     python experiments/benchmark.py --compare-torch       # and PyTorch nn.LSTM, with ratios
     python experiments/benchmark.py --settings tutorial --json
     python experiments/benchmark.py --allocator tuned     # glibc malloc tunables, see below
+    python experiments/benchmark.py --epoch               # whole epochs, see the end
 
 Each figure comes from its own process (so that peak memory and allocator state belong to
 one setting and one framework): warm-up, then `--windows` timed windows of about
@@ -27,6 +28,17 @@ malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `are
 `keep` (the two halves of `tuned`), `tuned+hugetlb`; a comma-separated list or `all`
 measures each in turn. Without the flag: `hugetlb`, or `default` under
 RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a CPU build here).
+
+`--epoch` measures whole epochs of the tutorial preset on MNIST (the IDX files: --manual-dir,
+$RNNJAX_MANUAL_DIR or ../shared/data/mnist; `--synthetic` for random images): (1) rnnjax's
+own loop, `train.train_and_evaluate`, with the allocator its commands use, and, in the same
+process afterwards, its pure step time (the jitted train step on one device-resident batch,
+times the epoch's steps), so that the loop's overhead (input pipeline, metrics, progress,
+logging) shows as a percentage; (2) a plain loop as a notebook would write it: `nn.RNN(
+nn.OptimizedLSTMCell(256))` + `nn.Dense`, `optax.adam(1e-3)`, one `jax.jit` step without
+donation, batches gathered from NumPy, losses fetched at the end of the epoch, no
+allocator settings. Each runs 2 epochs in its own process; the second epoch (no
+compilation) is compared.
 """
 
 from __future__ import annotations
@@ -211,6 +223,144 @@ def bench_torch(name: str, windows: int, window_seconds: float) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
+# Whole epochs: rnnjax's loop against its own step time, and against a plain loop.
+
+EPOCHS = 2  # the second one is compared: no compilation in it
+
+
+def epoch_images(synthetic: bool, manual_dir: str | None):
+  """(train images <uint8>[n, 28, 28], labels <int32>[n]) for the epoch benchmark."""
+  import numpy as np
+  from rnnjax import data
+  if synthetic:
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, 60000).astype(np.int32))
+  split = data.load_split("train", "idx", manual_dir=manual_dir)
+  return split.images, split.labels
+
+
+def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None,
+                       windows: int = 5, window_seconds: float = 2.0) -> dict:
+  import tempfile
+
+  import jax
+  import numpy as np
+  from rnnjax import config as config_lib
+  from rnnjax import data, steps, train
+
+  images, labels = epoch_images(synthetic, manual_dir)
+  n = steps_limit * 100 if steps_limit else len(labels)
+  train_split = data.Split(images[:n], labels[:n])
+  test_split = data.Split(images[:1000], labels[:1000])
+  cfg = config_lib.get_config("tutorial").replace(
+      epochs=EPOCHS, progress=True, tensorboard=False, plots=False)
+  lines = []
+  with tempfile.TemporaryDirectory() as workdir:
+    state, history = train.train_and_evaluate(cfg, workdir, splits=(train_split, test_split),
+                                              log=lines.append)
+  count = history[-1]["step"] - history[-2]["step"]
+  epoch_seconds = [100 * (r["step"] - (history[k - 1]["step"] if k else 0))
+                   / r["images_per_second"] for k, r in enumerate(history)]
+  # Pure step time, same process, same jitted step: one device-resident batch.
+  train_step, _ = train.jit_steps()
+  batch = jax.device_put(next(data.train_batches(train_split, 100, 0, 0)))
+  key = jax.random.key_data(steps.dropout_key(cfg))
+  holder = {"state": state}
+
+  def run():
+    holder["state"], holder["m"] = train_step(holder["state"], batch, key)
+
+  rates = timed_windows(run, lambda: jax.block_until_ready(holder["m"]), 100, windows,
+                        window_seconds)
+  step_seconds = count * 100 / statistics.median(rates)
+  return {"loop": "rnnjax", "steps_per_epoch": count, "epoch_seconds": epoch_seconds,
+          "step_seconds": step_seconds, "step_images_per_second": statistics.median(rates),
+          "allocator": os.environ.get("GLIBC_TUNABLES", "system defaults"),
+          "test_accuracy": history[-1]["test_accuracy"]}
+
+
+def bench_epoch_plain(steps_limit: int, synthetic: bool, manual_dir: str | None) -> dict:
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax.training import train_state
+
+  images, labels = epoch_images(synthetic, manual_dir)
+  n = steps_limit * 100 if steps_limit else len(labels)
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(10)(nn.RNN(nn.OptimizedLSTMCell(256))(x)[:, -1])
+
+  model = Plain()
+  state = train_state.TrainState.create(
+      apply_fn=model.apply, params=model.init(jax.random.key(0), jnp.zeros((1, 28, 28))),
+      tx=optax.adam(1e-3))
+
+  @jax.jit
+  def train_step(state, x, y):
+    def loss_fn(params):
+      logits = state.apply_fn(params, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  epoch_seconds = []
+  for epoch in range(EPOCHS):
+    t = time.perf_counter()
+    perm = np.random.default_rng(epoch).permutation(n)
+    losses = []
+    for i in range(n // 100):
+      idx = perm[i * 100:(i + 1) * 100]
+      state, loss = train_step(state, images[idx].astype(np.float32) / 255, labels[idx])
+      losses.append(loss)
+    float(np.mean(jax.device_get(losses)))
+    epoch_seconds.append(time.perf_counter() - t)
+  return {"loop": "plain", "steps_per_epoch": n // 100, "epoch_seconds": epoch_seconds,
+          "allocator": os.environ.get("GLIBC_TUNABLES", "system defaults")}
+
+
+def run_epoch_benchmark(args, p) -> int:
+  manual_dir = args.manual_dir or os.environ.get("RNNJAX_MANUAL_DIR") or (
+      str(REPO.parent / "shared" / "data" / "mnist"))
+  extra = ["--epoch-steps", str(args.epoch_steps), "--windows", str(args.windows),
+           "--window-seconds", str(args.window_seconds)] + (
+               ["--synthetic"] if args.synthetic else ["--manual-dir", manual_dir])
+  results = {}
+  for loop in ("rnnjax", "plain"):
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if loop == "rnnjax" and allocator.wanted() == "tuned":
+      env["GLIBC_TUNABLES"] = allocator.TUNABLES
+    cmd = [sys.executable, __file__, "--epoch-worker", loop, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if r.returncode != 0:
+      print(f"error: the {loop} epoch run failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+      return 1
+    results[loop] = json.loads(r.stdout.strip().splitlines()[-1])
+  ours, plain = results["rnnjax"], results["plain"]
+  epoch, step = ours["epoch_seconds"][-1], ours["step_seconds"]
+  out = {"rnnjax": ours, "plain": plain,
+         "loop_overhead": epoch / step - 1,
+         "speedup_vs_plain": plain["epoch_seconds"][-1] / epoch}
+  if args.json:
+    print(json.dumps(out))
+    return 0
+  k = ours["steps_per_epoch"]
+  print(f"tutorial preset, {k} steps of batch 100 per epoch, epoch {EPOCHS} of {EPOCHS}:")
+  print(f"  rnnjax loop  {epoch:7.2f} s  (malloc {ours['allocator']}); pure step time "
+        f"{step:.2f} s ({ours['step_images_per_second']:,.0f} img/s): the loop costs "
+        f"{100 * out['loop_overhead']:+.1f}%")
+  print(f"  plain loop   {plain['epoch_seconds'][-1]:7.2f} s  (malloc {plain['allocator']}): "
+        f"rnnjax's epoch is {out['speedup_vs_plain']:.2f}x faster")
+  return 0
+
+
+# ----------------------------------------------------------------------------------------
 # The driver: one process per (setting, framework).
 
 def run_worker(framework: str, name: str, args, env: dict) -> dict:
@@ -250,8 +400,28 @@ def main(argv=None) -> int:
   p.add_argument("--windows", type=int, default=7)
   p.add_argument("--window-seconds", type=float, default=2.0)
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
+  p.add_argument("--epoch", action="store_true",
+                 help="whole epochs: rnnjax's loop vs its step time and vs a plain loop")
+  p.add_argument("--epoch-steps", type=int, default=0,
+                 help="with --epoch: steps per epoch (0: all 600)")
+  p.add_argument("--synthetic", action="store_true",
+                 help="with --epoch: random images instead of MNIST")
+  p.add_argument("--manual-dir", help="with --epoch: folder of the MNIST IDX files")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  p.add_argument("--epoch-worker", choices=("rnnjax", "plain"), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.epoch_worker:
+    if args.epoch_worker == "rnnjax":
+      result = bench_epoch_rnnjax(args.epoch_steps, args.synthetic, args.manual_dir,
+                                  args.windows, args.window_seconds)
+    else:
+      result = bench_epoch_plain(args.epoch_steps, args.synthetic, args.manual_dir)
+    print(json.dumps(result))
+    return 0
+  if args.epoch:
+    if args.epoch_steps < 0:
+      p.error("--epoch-steps must be >= 0")
+    return run_epoch_benchmark(args, p)
   names = [n.strip() for n in args.settings.split(",") if n.strip()]
   unknown = [n for n in names if n not in SETTINGS]
   if unknown:

@@ -248,9 +248,10 @@ def row_bilstm() -> Config:
 
 def _pixel_recipe(**changes) -> Config:
   # 784-step sequences: forget bias 1 and clipping keep the gradients usable over the long
-  # scan (Jozefowicz et al. 2015; Arjovsky et al. 2016 trained LSTM 128 with RMSProp 1e-3).
+  # scan (Jozefowicz et al. 2015). Adam at 1e-3 collapsed to chance in its second epoch
+  # here (test accuracy 35% -> 12%), hence 5e-4.
   return Config(task="pixels", hidden_size=128, batch_size=100, epochs=100,
-                learning_rate=1e-3, schedule="cosine", warmup_epochs=1.0, grad_clip_norm=1.0,
+                learning_rate=5e-4, schedule="cosine", warmup_epochs=1.0, grad_clip_norm=1.0,
                 forget_bias=1.0).replace(**changes)
 
 

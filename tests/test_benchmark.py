@@ -41,3 +41,20 @@ def test_one_setting_as_json():
   assert ips["windows"] == 2 and 0 < ips["min"] <= ips["median"] <= ips["max"]
   assert out["first_call_seconds"] > 0 and out["peak_memory_bytes"] > 2 ** 20
   assert 0 < out["fraction_of_matmul_peak"] < 1.5
+
+
+def test_epoch_mode_as_json():
+  """--epoch: rnnjax's loop timed against its own step time and against a plain loop (a
+  few synthetic steps here; the figures themselves live in the README)."""
+  r = subprocess.run([sys.executable, str(SCRIPT), "--epoch", "--epoch-steps", "6",
+                      "--synthetic", "--windows", "2", "--window-seconds", "0.05", "--json"],
+                     capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  ours, plain = out["rnnjax"], out["plain"]
+  assert ours["steps_per_epoch"] == plain["steps_per_epoch"] == 6
+  assert len(ours["epoch_seconds"]) == len(plain["epoch_seconds"]) == 2
+  assert ours["step_seconds"] > 0 and ours["step_images_per_second"] > 0
+  assert out["loop_overhead"] == ours["epoch_seconds"][-1] / ours["step_seconds"] - 1
+  assert out["speedup_vs_plain"] == plain["epoch_seconds"][-1] / ours["epoch_seconds"][-1]
+  assert plain["allocator"] == "system defaults"
