@@ -321,7 +321,8 @@ def main(argv=None, preset: str = "default") -> int:
     return 1
   if history:
     last = history[-1]
-    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} epochs; "
+    epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
+    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs}; "
           f"results in {args.workdir} (metrics.jsonl, curves.png, confusion_matrix.png, "
           "TensorBoard events, checkpoints/)")
   return 0
