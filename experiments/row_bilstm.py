@@ -1,4 +1,5 @@
-"""Row-wise bidirectional LSTM on MNIST: `nn.Bidirectional` of two `nn.RNN(nn.OptimizedLSTMCell(256))`,
+"""Row-wise bidirectional LSTM on MNIST: `nn.Bidirectional` of two
+`nn.RNN(nn.OptimizedLSTMCell(256))`,
 the readout on the forward direction's last and the backward direction's first state; the
 `default` recipe (Adam 2e-3, cosine, clipping at 1, shifts of up to 2 pixels, 20 epochs).
 

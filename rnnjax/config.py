@@ -35,6 +35,7 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 # How an image becomes a sequence: 28 rows of 28 pixels; 784 pixels one at a time (in
 # raster order, or in a fixed random order: permuted sequential MNIST).
 TASKS = ("rows", "pixels", "permuted")
+SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}  # [time, features]
 CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn")
 READOUTS = ("last", "mean")
 

@@ -3,7 +3,8 @@ from the four IDX files; and the tasks that turn images into sequences.
 
 Two sources give the same arrays, in the same order (the order of the official IDX files):
 
-* `tfds`: the tensorflow-datasets builder (`mnist`, `fashion_mnist`, `kmnist`), prepared into a data dir and read back
+* `tfds`: the tensorflow-datasets builder (`mnist`, `fashion_mnist`, `kmnist`), prepared
+  into a data dir and read back
   through tf.data. Online it downloads as tfds always does; offline, `manual_dir` points it at
   a folder holding the four official files (tfds checks their checksums).
 * `idx`: reads the four files with NumPy; no TensorFlow needed (JAX-only GPU machines).
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from rnnjax.config import SEQUENCE_SHAPES, TASKS
 
 MANUAL_DIR_ENV = "RNNJAX_MANUAL_DIR"
 
@@ -84,9 +87,6 @@ DATASETS = {
             "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
     }),
 }
-SHA256 = DATASETS["mnist"].sha256
-
-
 def dataset_info(name: str) -> Dataset:
   try:
     return DATASETS[name]
@@ -264,7 +264,8 @@ def _import_tfds():
 def tfds_order(split: str, n: int) -> np.ndarray:
   """Index in the IDX file of each example tfds stores for `split`, in stored order.
 
-  tfds's MNIST builder (and Fashion-MNIST's and KMNIST's, which inherit its code) keys example i by the integer i and writes examples sorted by the
+  tfds's MNIST builder (and Fashion-MNIST's and KMNIST's, which inherit its code) keys
+  example i by the integer i and writes examples sorted by the
   md5 of (split name + str(key)) (tensorflow_datasets/core/hashing.py).
   """
   salt = hashlib.md5(split.encode())
@@ -381,7 +382,7 @@ class Task:
   permutation: np.ndarray | None = None
 
   def __post_init__(self):
-    if self.name not in ("rows", "pixels", "permuted"):
+    if self.name not in TASKS:
       raise ValueError(f"unknown task {self.name!r}")
     if self.name == "permuted":
       p = self.permutation
@@ -392,7 +393,7 @@ class Task:
   @property
   def shape(self) -> tuple[int, int]:
     """`(time, features)` of one sequence."""
-    return (28, 28) if self.name == "rows" else (PIXELS, 1)
+    return SEQUENCE_SHAPES[self.name]
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     if self.name == "rows":

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from rnnjax import config as config_lib
 from rnnjax import models
 
 TrainState = train_state.TrainState
@@ -53,13 +54,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(clip, opt)
 
 
-# [time, features] of each task's sequences (rnnjax.data.Task makes them from images).
-SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}
-
-
 def input_shape(config) -> tuple[int, int, int]:
   """Shape of one model input with batch 1: `[1, time, features]`."""
-  return (1, *SEQUENCE_SHAPES[config.task])
+  return (1, *config_lib.SEQUENCE_SHAPES[config.task])
 
 
 def create_train_state(config, key: jax.Array) -> TrainState:

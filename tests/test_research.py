@@ -242,7 +242,7 @@ def test_task_shapes_and_pixel_orders():
   assert permuted[2, t, 0] == images[2, r, c]
   assert sorted(task.permutation.tolist()) == list(range(784))
   for name in ("rows", "pixels", "permuted"):
-    assert data.make_task(name).shape == steps.SEQUENCE_SHAPES[name]
+    assert data.make_task(name).shape == config_lib.SEQUENCE_SHAPES[name]
 
 
 def test_permutation_is_stable():
@@ -317,8 +317,8 @@ def test_permuted_run_refuses_another_permutation_seed(tmp_path, small_splits):
 
 
 def test_pixel_task_trains_on_its_sequences(tmp_path, small_splits, monkeypatch):
-  """The loop feeds the model [b, 784, 1] sequences equal to the task's transform of the
-  batch's images."""
+  """The loop feeds the model the task's [b, 784, 1] sequences (shape seen when the step
+  is traced; the transform itself: test_task_shapes_and_pixel_orders)."""
   seen = []
   real = steps.train_step
 
