@@ -11,7 +11,10 @@ Command (from the repository root):
 Each figure comes from its own process (so that peak memory and allocator state belong to
 one setting and one framework): warm-up, then `--windows` timed windows of about
 `--window-seconds` each, with device synchronisation at both ends; images/s is reported as
-the median, min and max over windows. Also: the first call's time (compilation included),
+the median, min and max over windows. rnnjax trains as its loop does: `steps_per_call` (10)
+steps per call of the jitted `train.jit_train_steps()`, on 10 different device-resident
+batches; PyTorch one step per Python iteration, as its training loops run. Also: the first
+call's time (compilation included; for rnnjax training, the call's 10 steps too),
 the process's peak resident memory (CPU) or the device's peak bytes (GPU), the matmul FLOPs
 per image (counted from the LSTM equations: 2 FLOPs per multiply-add; training = 3x the
 forward pass) and the fraction of this machine's measured float32 matmul peak that the
@@ -32,8 +35,9 @@ RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0`
 `--epoch` measures whole epochs of the tutorial preset on MNIST (the IDX files: --manual-dir,
 $RNNJAX_MANUAL_DIR or ../shared/data/mnist; `--synthetic` for random images): (1) rnnjax's
 own loop, `train.train_and_evaluate`, with the allocator its commands use, and, in the same
-process afterwards, its pure step time (the jitted train step on one device-resident batch,
-times the epoch's steps), so that the loop's overhead (input pipeline, metrics, progress,
+process afterwards, its pure step time (its own jitted functions on device-resident
+batches: `steps_per_call` steps per call, as the loop calls them, and one step per call for
+comparison), so that the loop's overhead (input pipeline, metrics, progress,
 logging) shows as a percentage; (2) a plain loop as a notebook would write it: `nn.RNN(
 nn.OptimizedLSTMCell(256))` + `nn.Dense`, `optax.adam(1e-3)`, one `jax.jit` step without
 donation, batches gathered from NumPy, losses fetched at the end of the epoch, no
@@ -44,6 +48,7 @@ compilation) is compared.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -138,39 +143,42 @@ def bench_jax(name: str, windows: int, window_seconds: float) -> dict:
   mode, batch, hidden, t_steps, features = SETTINGS[name]
   cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch)
   model = models.model_from_config(cfg)
+  per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
   rng = np.random.default_rng(0)
-  images = rng.random((batch, t_steps, features), dtype=np.float32)
-  labels = rng.integers(0, CLASSES, batch).astype(np.int32)
-  params = model.init(jax.random.key(0), jnp.asarray(images[:1]))["params"]
+  images = rng.random((per_call, batch, t_steps, features), dtype=np.float32)
+  labels = rng.integers(0, CLASSES, (per_call, batch)).astype(np.int32)
+  params = model.init(jax.random.key(0), jnp.asarray(images[0, :1]))["params"]
   state = steps.TrainState.create(apply_fn=model.apply, params=params,
                                   tx=steps.make_optimizer(cfg))
-  train_step, eval_step = train.jit_steps()  # the loop's own jitted steps
-  batch_dev = jax.device_put({"image": images, "label": labels,
-                              "mask": np.ones(batch, np.float32)})
+  _, eval_step = train.jit_steps()  # the loop's own jitted functions
+  train_steps = train.jit_train_steps()
   holder = {"state": state}
 
   if mode == "train":
-    def run():
-      holder["state"], holder["metrics"] = train_step(holder["state"], batch_dev)
+    batches = jax.device_put({"image": images, "label": labels})
 
-    def sync():
-      jax.block_until_ready(holder["metrics"])
+    def run():
+      holder["state"], holder["metrics"] = train_steps(holder["state"], batches)
   else:
+    batch_dev = jax.device_put({"image": images[0], "label": labels[0],
+                                "mask": np.ones(batch, np.float32)})
+
     def run():
       holder["metrics"] = eval_step(holder["state"], batch_dev)
 
-    def sync():
-      jax.block_until_ready(holder["metrics"])
+  def sync():
+    jax.block_until_ready(holder["metrics"])
 
   t = time.perf_counter()
   run()
   sync()
   first_call = time.perf_counter() - t
-  rates = timed_windows(run, sync, batch, windows, window_seconds)
+  rates = timed_windows(run, sync, batch * per_call, windows, window_seconds)
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   return {
       "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
+      "steps_per_call": per_call,
       "first_call_seconds": first_call,
       "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
       "peak_memory_kind": "device peak bytes" if stats else "process peak RSS",
@@ -262,20 +270,35 @@ def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None
   count = history[-1]["step"] - history[-2]["step"]
   epoch_seconds = [100 * (r["step"] - (history[k - 1]["step"] if k else 0))
                    / r["images_per_second"] for k, r in enumerate(history)]
-  # Pure step time, same process, same jitted step: one device-resident batch.
+  # Pure step time, same process, the loop's own jitted functions on device-resident
+  # batches: `steps_per_call` steps per call (a scan) for the epoch's whole calls, one
+  # step per call for the rest, as the loop runs them.
+  per_call = cfg.steps_per_call
   train_step, _ = train.jit_steps()
-  batch = jax.device_put(next(data.train_batches(train_split, 100, 0, 0)))
+  train_steps = train.jit_train_steps()
+  host = list(itertools.islice(data.train_batches(train_split, 100, 0, 0), per_call))
+  batch = jax.device_put(host[0])
+  stacked = jax.device_put({k: np.stack([b[k] for b in host]) for k in host[0]})
   key = jax.random.key_data(steps.dropout_key(cfg))
   holder = {"state": state}
 
-  def run():
+  def run_one():
     holder["state"], holder["m"] = train_step(holder["state"], batch, key)
 
-  rates = timed_windows(run, lambda: jax.block_until_ready(holder["m"]), 100, windows,
-                        window_seconds)
-  step_seconds = count * 100 / statistics.median(rates)
+  def run_many():
+    holder["state"], holder["m"] = train_steps(holder["state"], stacked, key)
+
+  sync = lambda: jax.block_until_ready(holder["m"])  # noqa: E731
+  one = statistics.median(timed_windows(run_one, sync, 100, windows, window_seconds))
+  many = (statistics.median(timed_windows(run_many, sync, 100 * per_call, windows,
+                                          window_seconds))
+          if per_call > 1 and len(host) == per_call else one)
+  whole, rest = divmod(count, per_call) if per_call > 1 else (0, count)
+  step_seconds = 100 * (whole * per_call / many + rest / one)
   return {"loop": "rnnjax", "steps_per_epoch": count, "epoch_seconds": epoch_seconds,
-          "step_seconds": step_seconds, "step_images_per_second": statistics.median(rates),
+          "steps_per_call": per_call, "step_seconds": step_seconds,
+          "step_images_per_second": count * 100 / step_seconds,
+          "one_step_per_call_images_per_second": one,
           "allocator": os.environ.get("GLIBC_TUNABLES", "system defaults"),
           "test_accuracy": history[-1]["test_accuracy"]}
 
@@ -330,33 +353,50 @@ def run_epoch_benchmark(args, p) -> int:
   extra = ["--epoch-steps", str(args.epoch_steps), "--windows", str(args.windows),
            "--window-seconds", str(args.window_seconds)] + (
                ["--synthetic"] if args.synthetic else ["--manual-dir", manual_dir])
-  results = {}
-  for loop in ("rnnjax", "plain"):
-    env = dict(os.environ)
-    env.pop("GLIBC_TUNABLES", None)
-    if loop == "rnnjax" and allocator.wanted() == "tuned":
-      env["GLIBC_TUNABLES"] = allocator.TUNABLES
-    cmd = [sys.executable, __file__, "--epoch-worker", loop, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if r.returncode != 0:
-      print(f"error: the {loop} epoch run failed:\n{r.stderr[-3000:]}", file=sys.stderr)
-      return 1
-    results[loop] = json.loads(r.stdout.strip().splitlines()[-1])
-  ours, plain = results["rnnjax"], results["plain"]
-  epoch, step = ours["epoch_seconds"][-1], ours["step_seconds"]
-  out = {"rnnjax": ours, "plain": plain,
-         "loop_overhead": epoch / step - 1,
-         "speedup_vs_plain": plain["epoch_seconds"][-1] / epoch}
+  runs = []
+  for _ in range(args.repeats):  # alternating, so that both see the machine's same moods
+    results = {}
+    for loop in ("rnnjax", "plain"):
+      env = dict(os.environ)
+      env.pop("GLIBC_TUNABLES", None)
+      if loop == "rnnjax" and allocator.wanted() == "tuned":
+        env["GLIBC_TUNABLES"] = allocator.TUNABLES
+      cmd = [sys.executable, __file__, "--epoch-worker", loop, *extra]
+      r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+      if r.returncode != 0:
+        print(f"error: the {loop} epoch run failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        return 1
+      results[loop] = json.loads(r.stdout.strip().splitlines()[-1])
+    ours, plain = results["rnnjax"], results["plain"]
+    epoch = ours["epoch_seconds"][-1]
+    runs.append({"rnnjax": ours, "plain": plain,
+                 "loop_overhead": epoch / ours["step_seconds"] - 1,
+                 "speedup_vs_plain": plain["epoch_seconds"][-1] / epoch})
+  out = {"runs": runs,
+         "loop_overhead": statistics.median(r["loop_overhead"] for r in runs),
+         "speedup_vs_plain": statistics.median(r["speedup_vs_plain"] for r in runs)}
   if args.json:
     print(json.dumps(out))
     return 0
-  k = ours["steps_per_epoch"]
-  print(f"tutorial preset, {k} steps of batch 100 per epoch, epoch {EPOCHS} of {EPOCHS}:")
-  print(f"  rnnjax loop  {epoch:7.2f} s  (malloc {ours['allocator']}); pure step time "
-        f"{step:.2f} s ({ours['step_images_per_second']:,.0f} img/s): the loop costs "
-        f"{100 * out['loop_overhead']:+.1f}%")
-  print(f"  plain loop   {plain['epoch_seconds'][-1]:7.2f} s  (malloc {plain['allocator']}): "
-        f"rnnjax's epoch is {out['speedup_vs_plain']:.2f}x faster")
+  k = runs[0]["rnnjax"]["steps_per_epoch"]
+  print(f"tutorial preset, {k} steps of batch 100 per epoch, epoch {EPOCHS} of {EPOCHS}"
+        f"{f', {len(runs)} alternating runs' if len(runs) > 1 else ''}:")
+  for n, run in enumerate(runs, 1):
+    ours, plain = run["rnnjax"], run["plain"]
+    if len(runs) > 1:
+      print(f" run {n}:")
+    print(f"  rnnjax loop  {ours['epoch_seconds'][-1]:7.2f} s  (malloc {ours['allocator']}); "
+          f"pure step time {ours['step_seconds']:.2f} s ({ours['step_images_per_second']:,.0f}"
+          f" img/s, {ours['steps_per_call']} steps per call): the loop costs "
+          f"{100 * run['loop_overhead']:+.1f}%")
+    single = k * 100 / ours["one_step_per_call_images_per_second"]
+    print(f"               one step per call would take {single:.2f} s "
+          f"({ours['one_step_per_call_images_per_second']:,.0f} img/s)")
+    print(f"  plain loop   {plain['epoch_seconds'][-1]:7.2f} s  (malloc {plain['allocator']}): "
+          f"rnnjax's epoch is {run['speedup_vs_plain']:.2f}x faster")
+  if len(runs) > 1:
+    print(f"median over the runs: the loop costs {100 * out['loop_overhead']:+.1f}% over its "
+          f"pure step time; rnnjax's epoch is {out['speedup_vs_plain']:.2f}x the plain loop's")
   return 0
 
 
@@ -402,6 +442,8 @@ def main(argv=None) -> int:
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
   p.add_argument("--epoch", action="store_true",
                  help="whole epochs: rnnjax's loop vs its step time and vs a plain loop")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="with --epoch: alternate the two loops this many times; medians")
   p.add_argument("--epoch-steps", type=int, default=0,
                  help="with --epoch: steps per epoch (0: all 600)")
   p.add_argument("--synthetic", action="store_true",

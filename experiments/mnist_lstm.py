@@ -124,6 +124,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoint-every", type=non_negative_int, metavar="STEPS",
                  help="also checkpoint every STEPS training steps (default: after each "
                       "epoch, and on SIGTERM/SIGINT)")
+  p.add_argument("--steps-per-call", type=positive_int, metavar="K",
+                 help="training steps per call of the jitted step function (default 10; "
+                      "1: one step per call); the same updates either way")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--no-tensorboard", action="store_true",
                  help="do not write TensorBoard events into the workdir")
@@ -230,7 +233,7 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
             "grad_clip_norm", "weight_decay", "augment_shift", "seed")
   overrides = {f: getattr(args, f) for f in fields}
   overrides.update({
-      "checkpoint_every_steps": args.checkpoint_every,
+      "checkpoint_every_steps": args.checkpoint_every, "steps_per_call": args.steps_per_call,
       "data_source": args.data_source, "data_dir": args.data_dir,
   })
   overrides = {k: v for k, v in overrides.items() if v is not None}

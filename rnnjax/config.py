@@ -86,6 +86,10 @@ class Config:
     keep_checkpoints: how many of the latest checkpoints to keep (the best is kept as well).
     checkpoint_every_steps: also checkpoint every this many training steps, mid-epoch
       included (0: only after each epoch and when stopped by SIGTERM/SIGINT).
+    steps_per_call: training steps per call of the jitted function (`steps.train_steps`,
+      a scan over that many batches; 1: one `train_step` per call). The updates are the
+      same bit for bit; fewer calls save the per-call buffer allocations (+9% images/s at
+      the tutorial setting on the project's CPU, experiments/speed_notes.md item 8).
     data_source: `tfds` (tensorflow-datasets), `idx` (the four IDX files read with NumPy,
       no TensorFlow needed) or `auto` (tfds when TensorFlow is importable, else idx).
     data_dir: tfds data dir; None means tfds's default (`~/tensorflow_datasets` or
@@ -123,6 +127,7 @@ class Config:
   seed: int = 0
   keep_checkpoints: int = 2
   checkpoint_every_steps: int = 0
+  steps_per_call: int = 10
   data_source: str = "auto"
   data_dir: str | None = None
   manual_dir: str | None = None
@@ -163,7 +168,7 @@ def validate(c: Config) -> list[str]:
   """Returns what is wrong with `c`, one message per problem (empty when valid)."""
   errors = []
   for field in ("hidden_size", "num_layers", "num_classes", "batch_size", "eval_batch_size",
-                "epochs", "keep_checkpoints"):
+                "epochs", "keep_checkpoints", "steps_per_call"):
     value = getattr(c, field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       errors.append(f"{field} must be a positive integer, got {value!r}")

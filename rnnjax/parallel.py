@@ -96,8 +96,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
+def batch_sharded(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Sharded along the batch: axis 0, or axis 1 of `stacked` batches `[steps, batch, ...]`."""
+  return NamedSharding(mesh, P(None, AXIS) if stacked else P(AXIS))
 
 
 def check_batch_sizes(config, mesh: Mesh) -> None:
@@ -119,9 +120,11 @@ def process_rows(global_batch: int) -> tuple[int, int]:
   return jax.process_index() * local, local
 
 
-def shard_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of a batch -> global arrays sharded along the batch."""
-  sharding = batch_sharded(mesh)
+def shard_batch(local: dict[str, np.ndarray], mesh: Mesh,
+                stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays sharded along the batch (axis 1 when
+  `stacked`: several batches `[steps, rows, ...]`, as `steps.train_steps` takes them)."""
+  sharding = batch_sharded(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 

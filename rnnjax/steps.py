@@ -1,4 +1,4 @@
-"""Train state, loss, metrics and the two steps. Pure and undecorated: the loop jits them
+"""Train state, loss, metrics and the steps. Pure and undecorated: the loop jits them
 (with donation); a notebook may call them jitted or not.
 
 Metrics are sums and counts, so that batches of any size add up exactly; `summarize`
@@ -115,6 +115,25 @@ def train_step(state: TrainState, batch: Batch,
 
   (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return state.apply_gradients(grads=grads), compute_metrics(logits, batch["label"])
+
+
+def train_steps(state: TrainState, batches: Batch,
+                key: jax.Array | None = None) -> tuple[TrainState, Metrics]:
+  """`train_step` over a stack of batches, in one function: a `lax.scan` over their
+  leading axis.
+
+  Args:
+    state: the train state.
+    batches: {'image': <f32>[k, b, time, features], 'label': <i32>[k, b]}: k batches.
+    key: as in `train_step` (each step folds in its own `state.step`).
+  Returns:
+    The state after the k steps, and each step's metrics stacked: `<[k]>` per entry.
+
+  The updates are those of k `train_step` calls (identical bits on the CPU, tested); jitted,
+  one call allocates the step's buffers once instead of k times, which is why the loop uses
+  it (`Config.steps_per_call`).
+  """
+  return jax.lax.scan(lambda s, batch: train_step(s, batch, key), state, batches)
 
 
 def confusion_matrix(logits: jnp.ndarray, labels: jnp.ndarray,

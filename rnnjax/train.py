@@ -92,6 +92,39 @@ def jit_steps():
   return jax.jit(steps.train_step, donate_argnums=0), jax.jit(steps.eval_step)
 
 
+def jit_train_steps():
+  """`steps.train_steps` (several steps per call) jitted with the state donated."""
+  return jax.jit(steps.train_steps, donate_argnums=0)
+
+
+def call_end(i: int, steps_per_epoch: int, steps_per_call: int, base: int,
+             checkpoint_every: int) -> int:
+  """Where the call that starts at step `i` of an epoch ends (exclusive): the next multiple
+  of `steps_per_call` within the epoch, cut short by the epoch's end and by the next
+  periodic checkpoint (global step `base + j` a multiple of `checkpoint_every`).
+
+  A function of the position alone, so a resumed run (which starts at such a boundary)
+  groups its steps exactly as the uninterrupted run did.
+  """
+  end = min((i // steps_per_call + 1) * steps_per_call, steps_per_epoch)
+  if checkpoint_every > 0:
+    end = min(end, ((base + i) // checkpoint_every + 1) * checkpoint_every - base)
+  return end
+
+
+def unstack(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Host metrics, one dict per call (scalars, or `[k]` arrays from `train_steps`) -> one
+  dict per step, in order."""
+  out = []
+  for m in metrics:
+    shape = np.shape(m["loss_sum"])
+    if not shape:
+      out.append(m)
+    else:
+      out.extend({k: v[j] for k, v in m.items()} for j in range(shape[0]))
+  return out
+
+
 def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int,
              mesh=None, task: data.Task | None = None) -> dict:
   """Loss, accuracy and confusion matrix over every example of `split`, exactly once.
@@ -118,7 +151,8 @@ class Preempted(Exception):
 
 
 class StopSignals:
-  """Turns SIGTERM and SIGINT into a request to stop after the current step.
+  """Turns SIGTERM and SIGINT into a request to stop after the current call of the step
+  function (at most `Config.steps_per_call` steps).
 
   A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once: the run then resumes
   from its last checkpoint. Handlers are installed only in the main thread and restored on
@@ -135,7 +169,7 @@ class StopSignals:
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
-    print(f"\n{signal.Signals(signum).name}: stopping after the current step and saving a "
+    print(f"\n{signal.Signals(signum).name}: stopping after the current steps and saving a "
           "checkpoint (Ctrl-C again to stop at once)", file=reporting.console(), flush=True)
 
   def __enter__(self):
@@ -155,8 +189,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   """Trains `config` in `workdir`, resuming from its checkpoints when it has any.
 
   Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
-  (when > 0), and when SIGTERM or SIGINT asks the run to stop: then the current step
-  finishes, its position inside the epoch is saved, and `Preempted` is raised. A resumed run
+  (when > 0), and when SIGTERM or SIGINT asks the run to stop: then the current call of
+  the step function (up to `config.steps_per_call` steps) finishes, its position inside the epoch is saved, and `Preempted` is raised. A resumed run
   sees exactly the batches the uninterrupted one would, so it ends bit-identical.
 
   Args:
@@ -213,6 +247,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
       board = _open_tensorboard(workdir, config)
     rows = parallel.process_rows(config.batch_size)
     train_step, eval_step = jit_steps()
+    train_steps = jit_train_steps()
     # Dropout masks: fold_in(key, step) inside the step (unused without dropout).
     dropout_key = parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh)
     saved_step = _step(state)
@@ -229,29 +264,53 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
         progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
                                       config.batch_size, enabled=config.progress and main,
                                       start=first)
-        pending: list[steps.Metrics] = []
+        # Metrics not yet read, one entry per call: (a step's, or stacked [k]; step count).
+        pending: list[tuple[steps.Metrics, int]] = []
         batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
                                      start_step=first, max_shift=config.augment_shift,
                                      shard=rows, task=task)
-        for i, batch in enumerate(batches, start=first + 1):
-          state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
-          pending.append(m)
+        i = first
+        while i < steps_per_epoch:
+          end = call_end(i, steps_per_epoch, config.steps_per_call, base,
+                         config.checkpoint_every_steps)
+          group = [next(batches) for _ in range(end - i)]
+          if len(group) == config.steps_per_call > 1:  # a whole call: one scan
+            stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
+            state, m = train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True),
+                                   dropout_key)
+            pending.append((m, len(group)))
+            done = len(group)
+          else:  # a short piece (epoch end, periodic checkpoint): one step at a time
+            done = 0
+            for batch in group:
+              state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
+              pending.append((m, 1))
+              done += 1
+              if stop.signum is not None:
+                break
+          previous, i = i, i + done
           step = base + i
           periodic = (config.checkpoint_every_steps > 0
                       and step % config.checkpoint_every_steps == 0)
           stopping = stop.signum is not None
-          if not (i % every == 0 or i == steps_per_epoch or periodic or stopping):
+          full = i == steps_per_epoch or periodic or stopping  # read everything: a save
+          if not (full or i // every > previous // every):
             continue
-          first_step_of_pending = step - len(pending) + 1
-          fetched = parallel.to_host(pending)
+          # A progress read leaves the newest call's metrics for the next one, so that the
+          # device works on that call while the host waits for the earlier ones.
+          ready, pending = (pending, []) if full else (pending[:-1], pending[-1:])
+          if not ready:
+            continue
+          fetched = unstack(parallel.to_host([m for m, _ in ready]))
+          last = i - sum(k for _, k in pending)  # epoch position of the last step read
+          first_step_of_pending = base + last - len(fetched) + 1
           losses = [float(x["loss_sum"]) for x in fetched]
           bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
           if bad:
             raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
                             losses[bad[0]] / config.batch_size, main)
           totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
-          pending = []
-          progress.update(i, losses[-1] / config.batch_size)
+          progress.update(last, losses[-1] / config.batch_size)
           if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
             totals["seconds"] = time.perf_counter() - t0
             ckpt.save(step, state, {"epoch": epoch, "epoch_step": i, "partial": totals,

@@ -3,13 +3,24 @@
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-from rnnjax import config as config_lib
-from rnnjax import data
-
 REPO = Path(__file__).resolve().parent.parent
+
+# One XLA compilation cache for the whole test run: the xdist workers and the command-line
+# subprocesses the tests start compile the same tiny models over and over, and JAX's
+# persistent cache (keyed by the program, the jax/jaxlib versions and the flags) lets them
+# share the work. Numbers are unaffected: a cache hit loads the same compiled program. Set
+# before JAX is imported; subprocesses inherit it. JAX_ENABLE_COMPILATION_CACHE=false turns
+# it off.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(REPO / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from rnnjax import config as config_lib  # noqa: E402
+from rnnjax import data  # noqa: E402
 _env = os.environ.get(data.MANUAL_DIR_ENV)
 MNIST_DIR = Path(_env) if _env else REPO.parent / "shared" / "data" / "mnist"
 HAVE_MNIST = all((MNIST_DIR / f).is_file() for f in data.ALL_FILES)

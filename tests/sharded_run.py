@@ -37,8 +37,10 @@ def main():
   from rnnjax import config, parallel, train
 
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+  # 128 examples of batch 16: 8 steps per epoch, run as 3 + 3 in scans (batches stacked and
+  # sharded along axis 1) and 2 single steps.
   cfg = config.get_config("tiny").replace(epochs=args.epochs, batch_size=args.batch_size,
-                                          hidden_size=8, learning_rate=1e-2)
+                                          hidden_size=8, learning_rate=1e-2, steps_per_call=3)
   try:
     state, history = train.train_and_evaluate(
         cfg, args.workdir, splits=(synthetic_split(128, 0), synthetic_split(64, 1)),

@@ -30,13 +30,16 @@ def test_unknown_setting_is_a_usage_error():
   assert r.returncode == 2 and "unknown setting(s) huge" in r.stderr
 
 
-def test_one_setting_as_json():
-  r = subprocess.run([sys.executable, str(SCRIPT), "--settings", "eval128", "--windows", "2",
+@pytest.mark.parametrize("setting,batch,per_call", [("eval128", 1000, 1), ("small", 128, 10)])
+def test_one_setting_as_json(setting, batch, per_call):
+  """Evaluation: one batch per call; training: the loop's 10 steps per call."""
+  r = subprocess.run([sys.executable, str(SCRIPT), "--settings", setting, "--windows", "2",
                       "--window-seconds", "0.05", "--json"],
                      capture_output=True, text=True, cwd=REPO, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
-  assert out["setting"] == "eval128" and out["batch"] == 1000 and out["hidden"] == 128
+  assert out["setting"] == setting and out["batch"] == batch and out["hidden"] == 128
+  assert out["steps_per_call"] == per_call
   ips = out["images_per_second"]
   assert ips["windows"] == 2 and 0 < ips["min"] <= ips["median"] <= ips["max"]
   assert out["first_call_seconds"] > 0 and out["peak_memory_bytes"] > 2 ** 20
@@ -51,10 +54,18 @@ def test_epoch_mode_as_json():
                      capture_output=True, text=True, cwd=REPO, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
-  ours, plain = out["rnnjax"], out["plain"]
+  assert len(out["runs"]) == 1  # --repeats 1 (the default)
+  run = out["runs"][0]
+  ours, plain = run["rnnjax"], run["plain"]
   assert ours["steps_per_epoch"] == plain["steps_per_epoch"] == 6
   assert len(ours["epoch_seconds"]) == len(plain["epoch_seconds"]) == 2
   assert ours["step_seconds"] > 0 and ours["step_images_per_second"] > 0
-  assert out["loop_overhead"] == ours["epoch_seconds"][-1] / ours["step_seconds"] - 1
-  assert out["speedup_vs_plain"] == plain["epoch_seconds"][-1] / ours["epoch_seconds"][-1]
+  # 6 steps, 10 per call: the loop runs them one per call, and so does the pure time.
+  assert ours["steps_per_call"] == 10
+  assert ours["step_seconds"] == pytest.approx(
+      600 / ours["one_step_per_call_images_per_second"], rel=1e-12)
+  assert run["loop_overhead"] == ours["epoch_seconds"][-1] / ours["step_seconds"] - 1
+  assert run["speedup_vs_plain"] == plain["epoch_seconds"][-1] / ours["epoch_seconds"][-1]
+  assert (out["loop_overhead"], out["speedup_vs_plain"]) == (run["loop_overhead"],
+                                                             run["speedup_vs_plain"])
   assert plain["allocator"] == "system defaults"

@@ -41,6 +41,17 @@ def test_invalid_values_exit_2(args, message, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_steps_per_call_flag_reaches_the_config():
+  sys.path.insert(0, str(REPO / "experiments"))
+  import mnist_lstm
+  parse = mnist_lstm.make_parser().parse_args
+  assert mnist_lstm.build_config(parse(["--preset", "tiny"])).steps_per_call == 10
+  config = mnist_lstm.build_config(parse(["--preset", "tiny", "--steps-per-call", "1"]))
+  assert config.steps_per_call == 1
+  with pytest.raises(SystemExit):
+    parse(["--steps-per-call", "0"])
+
+
 def test_wrong_manual_dir_is_a_clear_error(tmp_path):
   r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--data-source", "idx",
               "--manual-dir", tmp_path / "missing")

@@ -27,7 +27,7 @@ def test_frozen_and_replace():
 @pytest.mark.parametrize("field,value", [
     ("hidden_size", 0), ("batch_size", -1), ("epochs", 0), ("learning_rate", 0.0),
     ("schedule", "linear"), ("data_source", "hub"), ("grad_clip_norm", -1.0),
-    ("augment_shift", -1), ("augment_shift", 14)])
+    ("augment_shift", -1), ("augment_shift", 14), ("steps_per_call", 0)])
 def test_invalid_values_rejected(field, value):
   with pytest.raises(ValueError, match=field):
     config_lib.get_config("tiny").replace(**{field: value})

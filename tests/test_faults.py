@@ -104,7 +104,51 @@ def test_periodic_checkpoints_resume_mid_epoch(config, tiny_splits, tmp_path, un
   assert [h["train_loss"] for h in history] == [h["train_loss"] for h in full_history]
 
 
-def test_divergence_names_step_and_epoch_and_keeps_checkpoint(config, tiny_splits, tmp_path):
+def test_call_boundaries_hand_computed():
+  assert train.call_end(0, 600, 10, 0, 0) == 10
+  assert train.call_end(13, 600, 10, 0, 0) == 20  # back onto multiples of 10
+  assert train.call_end(595, 600, 10, 0, 0) == 600  # the epoch's end cuts it short
+  assert train.call_end(0, 600, 10, 1200, 7) == 4  # a checkpoint at global step 1204 = 7 * 172
+  assert train.call_end(4, 600, 10, 1200, 7) == 10
+  assert train.call_end(0, 600, 1, 0, 0) == 1
+
+
+def test_unstack_metrics_of_single_and_scanned_calls():
+  out = train.unstack([{"loss_sum": np.float32(1.5), "count": np.int32(4)},
+                       {"loss_sum": np.array([2.0, 3.0], np.float32),
+                        "count": np.array([5, 6], np.int32)}])
+  assert [(float(m["loss_sum"]), int(m["count"])) for m in out] == [(1.5, 4), (2.0, 5),
+                                                                  (3.0, 6)]
+
+
+def test_several_steps_per_call_give_the_same_run(config, tiny_splits, tmp_path,
+                                                   uninterrupted):
+  """4-step epochs with 3 steps per call: a scan of 3 steps, then 1 step alone, in every
+  epoch. The fixture's run (steps_per_call 10 > 4: one step per call) is matched bit for bit,
+  train sums included; with checkpoints every 5 steps the calls break elsewhere, and a run
+  resumed from step 10 (2 steps into epoch 3) still ends on the same bits."""
+  full, full_history = uninterrupted
+  state, history = train.train_and_evaluate(config.replace(steps_per_call=3),
+                                            tmp_path / "three", tiny_splits,
+                                            log=lambda s: None)
+  assert_same_state(full, state)
+  assert [(h["train_loss"], h["train_accuracy"], h["test_loss"]) for h in history] == [
+      (h["train_loss"], h["train_accuracy"], h["test_loss"]) for h in full_history]
+  workdir = tmp_path / "periodic"
+  periodic = config.replace(steps_per_call=3, checkpoint_every_steps=5)
+  train.train_and_evaluate(periodic, workdir, tiny_splits, log=lambda s: None)
+  shutil.rmtree(workdir / "checkpoints" / "12")
+  lines = []
+  resumed, history = train.train_and_evaluate(periodic, workdir, tiny_splits, log=lines.append)
+  assert "(epoch 2, step 10, 2 steps into epoch 3)" in lines[0]
+  assert_same_state(full, resumed)
+  assert [h["train_loss"] for h in history] == [h["train_loss"] for h in full_history]
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3])  # 3: step 6 is inside a scanned call
+def test_divergence_names_step_and_epoch_and_keeps_checkpoint(config, tiny_splits, tmp_path,
+                                                             steps_per_call):
+  config = config.replace(steps_per_call=steps_per_call)
   workdir = tmp_path / "w"
   train.train_and_evaluate(config.replace(epochs=1), workdir, tiny_splits, log=lambda s: None)
   before = tree_of(workdir / "checkpoints")

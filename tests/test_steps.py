@@ -67,3 +67,28 @@ def test_cosine_schedule(tiny_config):
                              [0.0, 0.005, 0.01, 0.0], atol=1e-9)
   # Half-way through the decay, cosine is at half the peak.
   np.testing.assert_allclose(float(s(1200)), 0.005, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_train_steps_equal_that_many_train_step_calls(dropout):
+  """Several steps in one scanned call (what the loop runs): the same bits as one call per
+  step, dropout masks (folded from each step's counter) included."""
+  from rnnjax import config as config_lib
+  config = config_lib.get_config("tiny").replace(dropout=dropout)
+  state = steps.create_train_state(config, jax.random.key(0))
+  split = synthetic_split(5 * config.batch_size, 3)
+  batches = list(data.train_batches(split, config.batch_size, seed=0, epoch=0))
+  key = jax.random.key_data(steps.dropout_key(config))
+  one, metrics = state, []
+  for b in batches:
+    one, m = jax.jit(steps.train_step)(one, b, key)
+    metrics.append(m)
+  stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  many, ms = jax.jit(steps.train_steps)(state, stacked, key)
+  assert int(many.step) == 5
+  for x, y in zip(jax.tree.leaves((one.params, one.opt_state)),
+                  jax.tree.leaves((many.params, many.opt_state))):
+    np.testing.assert_array_equal(x, y)
+  for k in ("loss_sum", "correct", "count"):
+    np.testing.assert_array_equal(np.stack([m[k] for m in metrics]), ms[k])
+  assert len({float(m["loss_sum"]) for m in metrics}) == 5  # five different batches
