@@ -30,7 +30,8 @@ memory is kept instead of returned to the kernel), `hugetlb` (transparent huge p
 malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `arena1` and
 `keep` (the two halves of `tuned`), `tuned+hugetlb`; a comma-separated list or `all`
 measures each in turn. Without the flag: `hugetlb`, or `default` under
-RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a CPU build here).
+RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a
+CPU build here).
 
 `--epoch` measures whole epochs of the tutorial preset on MNIST (the IDX files: --manual-dir,
 $RNNJAX_MANUAL_DIR or ../shared/data/mnist; `--synthetic` for random images): (1) rnnjax's

@@ -190,8 +190,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
 
   Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
   (when > 0), and when SIGTERM or SIGINT asks the run to stop: then the current call of
-  the step function (up to `config.steps_per_call` steps) finishes, its position inside the epoch is saved, and `Preempted` is raised. A resumed run
-  sees exactly the batches the uninterrupted one would, so it ends bit-identical.
+  the step function (up to `config.steps_per_call` steps) finishes, its position inside
+  the epoch is saved, and `Preempted` is raised. A resumed run sees exactly the batches the
+  uninterrupted one would, so it ends bit-identical.
 
   Args:
     config: the run.
