@@ -4,9 +4,9 @@ from the four IDX files; and the tasks that turn images into sequences.
 Two sources give the same arrays, in the same order (the order of the official IDX files):
 
 * `tfds`: the tensorflow-datasets builder (`mnist`, `fashion_mnist`, `kmnist`), prepared
-  into a data dir and read back
-  through tf.data. Online it downloads as tfds always does; offline, `manual_dir` points it at
-  a folder holding the four official files (tfds checks their checksums).
+  into a data dir and read back through tf.data. Online it downloads as tfds always does;
+  offline, `manual_dir` points it at a folder holding the four official files (tfds checks
+  their checksums).
 * `idx`: reads the four files with NumPy; no TensorFlow needed (JAX-only GPU machines).
 
 tfds stores examples shuffled by an md5 hash of their key (the index in the IDX file, salted
@@ -87,6 +87,8 @@ DATASETS = {
             "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
     }),
 }
+
+
 def dataset_info(name: str) -> Dataset:
   try:
     return DATASETS[name]
@@ -265,8 +267,8 @@ def tfds_order(split: str, n: int) -> np.ndarray:
   """Index in the IDX file of each example tfds stores for `split`, in stored order.
 
   tfds's MNIST builder (and Fashion-MNIST's and KMNIST's, which inherit its code) keys
-  example i by the integer i and writes examples sorted by the
-  md5 of (split name + str(key)) (tensorflow_datasets/core/hashing.py).
+  example i by the integer i and writes examples sorted by the md5 of (split name +
+  str(key)) (tensorflow_datasets/core/hashing.py).
   """
   salt = hashlib.md5(split.encode())
 

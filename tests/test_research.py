@@ -241,8 +241,11 @@ def test_task_shapes_and_pixel_orders():
   r, c = divmod(int(task.permutation[t]), 28)
   assert permuted[2, t, 0] == images[2, r, c]
   assert sorted(task.permutation.tolist()) == list(range(784))
-  for name in ("rows", "pixels", "permuted"):
-    assert data.make_task(name).shape == config_lib.SEQUENCE_SHAPES[name]
+  # The declared shapes (what the model is initialised with) are the shapes made above.
+  for name, made in (("rows", rows), ("pixels", pixels), ("permuted", permuted)):
+    assert data.make_task(name, permutation_seed=0).shape == made.shape[1:]
+    assert steps.input_shape(config_lib.get_config("tiny").replace(task=name)) == (
+        1, *made.shape[1:])
 
 
 def test_permutation_is_stable():

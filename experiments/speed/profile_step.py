@@ -1,45 +1,53 @@
-"""Profile of one jitted train step of the tutorial model (nn.RNN(OptimizedLSTMCell)):
-milliseconds per step spent in each XLA CPU operation, from a jax.profiler trace.
+"""Profile of the loop's jitted train step (`train.jit_steps()`, tutorial preset): the
+milliseconds per step spent in each XLA CPU operation, from a jax.profiler trace of 20
+steps.
 
     python experiments/speed/profile_step.py BATCH HIDDEN
 
-Result (experiments/speed_notes.md, item 9): about two thirds of the step in matmuls, the
-rest in some 20 small element-wise fusions, stacking copies and buffer initialisation.
+Result (experiments/speed_notes.md, item 9, measured with an earlier version of this script
+that built its own copy of the same model and step): about two thirds of the step in
+matmuls, the rest in some 20 small element-wise fusions, stacking copies and buffer
+initialisation.
 """
-import sys, time, glob, gzip, json, collections, tempfile
-import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn
-from flax.training import train_state
+import collections
+import glob
+import gzip
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from rnnjax import config as C, steps, train  # noqa: E402
+
 B, H = int(sys.argv[1]), int(sys.argv[2])
-class M(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    z = jnp.zeros((x.shape[0], H), x.dtype)
-    y = nn.RNN(nn.OptimizedLSTMCell(H, parent=None), name="rnn_0")(x, initial_carry=(z, z))
-    return nn.Dense(10, name="head")(y[:, -1])
+cfg = C.get_config("tutorial").replace(hidden_size=H, batch_size=B)
 rng = np.random.default_rng(0)
-x = jnp.asarray(rng.random((B, 28, 28), dtype=np.float32)); y = jnp.asarray(rng.integers(0, 10, B).astype(np.int32))
-m=M(); params = m.init(jax.random.key(0), x[:1])["params"]
-def step(state, x, y):
-  def lf(p):
-    return optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x), y).mean()
-  l, g = jax.value_and_grad(lf)(state.params)
-  return state.apply_gradients(grads=g), l
-st = train_state.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-3))
-f = jax.jit(step, donate_argnums=0)
-for _ in range(10): st, l = f(st, x, y)
-l.block_until_ready()
+batch = jax.device_put({"image": rng.random((B, 28, 28), dtype=np.float32),
+                        "label": rng.integers(0, 10, B).astype(np.int32)})
+step, _ = train.jit_steps()
+state = steps.create_train_state(cfg, jax.random.key(0))
+for _ in range(10):
+  state, m = step(state, batch)
+jax.block_until_ready(m)
 trace_dir = tempfile.mkdtemp(prefix="rnnjax_profile_")
 jax.profiler.start_trace(trace_dir)
-t=time.perf_counter()
-for _ in range(20): st, l = f(st, x, y)
-l.block_until_ready()
-print("step ms", (time.perf_counter()-t)/20*1000)
+t = time.perf_counter()
+for _ in range(20):
+  state, m = step(state, batch)
+jax.block_until_ready(m)
+print(f"step {(time.perf_counter() - t) / 20 * 1000:.1f} ms")
 jax.profiler.stop_trace()
-fn = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
-tr = json.load(gzip.open(fn))
-agg = collections.Counter(); cnt=collections.Counter()
-for e in tr["traceEvents"]:
-  if e.get("ph")=="X":
-    agg[e["name"]] += e["dur"]; cnt[e["name"]]+=1
-for k,v in agg.most_common(40):
-  print(f"{v/20/1000:8.2f} ms/step  {cnt[k]/20:6.1f}/step  {k[:100]}")
+trace = json.load(gzip.open(sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz",
+                                             recursive=True))[-1]))
+total, calls = collections.Counter(), collections.Counter()
+for e in trace["traceEvents"]:
+  if e.get("ph") == "X":
+    total[e["name"]] += e["dur"]
+    calls[e["name"]] += 1
+for name, us in total.most_common(40):
+  print(f"{us / 20 / 1000:8.2f} ms/step  {calls[name] / 20:6.1f}/step  {name[:100]}")

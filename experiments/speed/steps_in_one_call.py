@@ -1,42 +1,56 @@
-"""Experiment: K train steps in one jitted call (`lax.scan` over K stacked batches) against
-K calls of the jitted step, alternating in one process.
+"""Experiment: the loop's own jitted functions, `train.jit_train_steps()` (K steps per call,
+a `lax.scan` over K stacked batches) against `train.jit_steps()` (one step per call), on 60
+device-resident batches per timed pass, alternating in one process (median of 5).
 
-    python experiments/speed/steps_in_one_call.py BATCH HIDDEN K
+    python experiments/speed/steps_in_one_call.py BATCH HIDDEN 1,10,30,60
 
-Result (experiments/speed_notes.md, item 8): +9% at the tutorial setting with
-glibc.malloc.hugetlb=1, +27% with the system allocator; +5-10% at batch 128 / hidden 128.
+Results: experiments/speed_notes.md, items 8 (measured with an earlier version of this
+script that built its own copy of the same model and step) and 12.
 """
-import sys, time, statistics
-import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn
-from flax.training import train_state
-B, H, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-class M(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    z = jnp.zeros((x.shape[0], H), x.dtype)
-    y = nn.RNN(nn.OptimizedLSTMCell(H, parent=None), name="rnn_0")(x, initial_carry=(z, z))
-    return nn.Dense(10, name="head")(y[:, -1])
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from rnnjax import config as C, steps, train  # noqa: E402
+
+B, H = int(sys.argv[1]), int(sys.argv[2])
+Ks = [int(k) for k in sys.argv[3].split(",")]
+N = 60
+cfg = C.get_config("tutorial").replace(hidden_size=H, batch_size=B)
 rng = np.random.default_rng(0)
-xs = jnp.asarray(rng.random((K, B, 28, 28), dtype=np.float32)); ys = jnp.asarray(rng.integers(0, 10, (K, B)).astype(np.int32))
-m = M(); params = m.init(jax.random.key(0), xs[0, :1])["params"]
-def step(state, x, y):
-  def lf(p):
-    return optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x), y).mean()
-  l, g = jax.value_and_grad(lf)(state.params)
-  return state.apply_gradients(grads=g), l
-def multi(state, xs, ys):
-  return jax.lax.scan(lambda s, b: step(s, *b), state, (xs, ys))
-mk = lambda: train_state.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.copy, params), tx=optax.adam(1e-3))
-f1 = jax.jit(step, donate_argnums=0); fk = jax.jit(multi, donate_argnums=0)
-s1, sk = mk(), mk()
-s1, l = f1(s1, xs[0], ys[0]); sk, lk = fk(sk, xs, ys); lk.block_until_ready()
-r1, rk = [], []
-for rep in range(6):
-  t = time.perf_counter()
-  for _ in range(3):
-    for i in range(K): s1, l = f1(s1, xs[i], ys[i])
-  l.block_until_ready(); r1.append(3*K*B/(time.perf_counter()-t))
-  t = time.perf_counter()
-  for _ in range(3): sk, lk = fk(sk, xs, ys)
-  lk.block_until_ready(); rk.append(3*K*B/(time.perf_counter()-t))
-print(f"B{B} H{H} K{K}: single {statistics.median(r1):.0f} {[round(r) for r in r1]}  scan {statistics.median(rk):.0f} {[round(r) for r in rk]}")
+xs = rng.random((N, B, 28, 28), dtype=np.float32)
+ys = rng.integers(0, 10, (N, B)).astype(np.int32)
+one, _ = train.jit_steps()
+many = train.jit_train_steps()
+stacked = {K: jax.device_put({"image": xs[:K], "label": ys[:K]}) for K in Ks if K > 1}
+single = [jax.device_put({"image": xs[i], "label": ys[i]}) for i in range(N)]
+states = {K: steps.create_train_state(cfg, jax.random.key(0)) for K in Ks}
+
+
+def run(K, st):
+  if K == 1:
+    for i in range(N):
+      st, m = one(st, single[i])
+  else:
+    for _ in range(N // K):
+      st, m = many(st, stacked[K])
+  jax.block_until_ready(m)
+  return st
+
+
+for K in Ks:
+  states[K] = run(K, states[K])  # compile
+rates = {K: [] for K in Ks}
+for _ in range(5):
+  for K in Ks:
+    t = time.perf_counter()
+    states[K] = run(K, states[K])
+    rates[K].append(N * B / (time.perf_counter() - t))
+for K in Ks:
+  print(f"B{B} H{H} {K:3d} per call: {statistics.median(rates[K]):7.0f} img/s "
+        f"{[round(r) for r in rates[K]]}")
