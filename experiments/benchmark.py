@@ -250,7 +250,8 @@ def epoch_images(synthetic: bool, manual_dir: str | None):
 
 
 def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None,
-                       windows: int = 5, window_seconds: float = 2.0) -> dict:
+                       windows: int = 5, window_seconds: float = 2.0,
+                       steps_per_call: int | None = None) -> dict:
   import tempfile
 
   import jax
@@ -264,6 +265,8 @@ def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None
   test_split = data.Split(images[:1000], labels[:1000])
   cfg = config_lib.get_config("tutorial").replace(
       epochs=EPOCHS, progress=True, tensorboard=False, plots=False)
+  if steps_per_call:
+    cfg = cfg.replace(steps_per_call=steps_per_call)
   lines = []
   with tempfile.TemporaryDirectory() as workdir:
     state, history = train.train_and_evaluate(cfg, workdir, splits=(train_split, test_split),
@@ -354,28 +357,46 @@ def run_epoch_benchmark(args, p) -> int:
   extra = ["--epoch-steps", str(args.epoch_steps), "--windows", str(args.windows),
            "--window-seconds", str(args.window_seconds)] + (
                ["--synthetic"] if args.synthetic else ["--manual-dir", manual_dir])
+  # rnnjax once per --steps-per-call value (the preset's 10 when not given), then the plain
+  # loop; the first value's figures are the run's headline ones.
+  per_call = [int(k) for k in args.steps_per_call.split(",")] if args.steps_per_call else [0]
+  loops = [("rnnjax", k) for k in per_call] + [("plain", 0)]
   runs = []
-  for _ in range(args.repeats):  # alternating, so that both see the machine's same moods
+  for _ in range(args.repeats):  # alternating, so that all see the machine's same moods
     results = {}
-    for loop in ("rnnjax", "plain"):
+    for loop, k in loops:
       env = dict(os.environ)
       env.pop("GLIBC_TUNABLES", None)
       if loop == "rnnjax" and allocator.wanted() == "tuned":
         env["GLIBC_TUNABLES"] = allocator.TUNABLES
-      cmd = [sys.executable, __file__, "--epoch-worker", loop, *extra]
+      cmd = [sys.executable, __file__, "--epoch-worker", loop, *extra] + (
+          ["--steps-per-call", str(k)] if k else [])
       r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
       if r.returncode != 0:
         print(f"error: the {loop} epoch run failed:\n{r.stderr[-3000:]}", file=sys.stderr)
         return 1
-      results[loop] = json.loads(r.stdout.strip().splitlines()[-1])
-    ours, plain = results["rnnjax"], results["plain"]
-    epoch = ours["epoch_seconds"][-1]
-    runs.append({"rnnjax": ours, "plain": plain,
-                 "loop_overhead": epoch / ours["step_seconds"] - 1,
-                 "speedup_vs_plain": plain["epoch_seconds"][-1] / epoch})
+      results[(loop, k)] = json.loads(r.stdout.strip().splitlines()[-1])
+    plain = results[("plain", 0)]
+    by_k = {}
+    for k in per_call:
+      ours = results[("rnnjax", k)]
+      epoch = ours["epoch_seconds"][-1]
+      by_k[ours["steps_per_call"]] = {
+          "rnnjax": ours, "loop_overhead": epoch / ours["step_seconds"] - 1,
+          "speedup_vs_plain": plain["epoch_seconds"][-1] / epoch}
+    first = next(iter(by_k.values()))
+    runs.append({**first, "plain": plain,
+                 **({"by_steps_per_call": by_k} if len(by_k) > 1 else {})})
   out = {"runs": runs,
          "loop_overhead": statistics.median(r["loop_overhead"] for r in runs),
          "speedup_vs_plain": statistics.median(r["speedup_vs_plain"] for r in runs)}
+  if len(per_call) > 1:
+    out["by_steps_per_call"] = {
+        k: {"loop_overhead": statistics.median(r["by_steps_per_call"][k]["loop_overhead"]
+                                               for r in runs),
+            "speedup_vs_plain": statistics.median(
+                r["by_steps_per_call"][k]["speedup_vs_plain"] for r in runs)}
+        for k in runs[0]["by_steps_per_call"]}
   if args.json:
     print(json.dumps(out))
     return 0
@@ -383,21 +404,26 @@ def run_epoch_benchmark(args, p) -> int:
   print(f"tutorial preset, {k} steps of batch 100 per epoch, epoch {EPOCHS} of {EPOCHS}"
         f"{f', {len(runs)} alternating runs' if len(runs) > 1 else ''}:")
   for n, run in enumerate(runs, 1):
-    ours, plain = run["rnnjax"], run["plain"]
+    plain = run["plain"]
     if len(runs) > 1:
       print(f" run {n}:")
-    print(f"  rnnjax loop  {ours['epoch_seconds'][-1]:7.2f} s  (malloc {ours['allocator']}); "
-          f"pure step time {ours['step_seconds']:.2f} s ({ours['step_images_per_second']:,.0f}"
-          f" img/s, {ours['steps_per_call']} steps per call): the loop costs "
-          f"{100 * run['loop_overhead']:+.1f}%")
-    single = k * 100 / ours["one_step_per_call_images_per_second"]
-    print(f"               one step per call would take {single:.2f} s "
-          f"({ours['one_step_per_call_images_per_second']:,.0f} img/s)")
-    print(f"  plain loop   {plain['epoch_seconds'][-1]:7.2f} s  (malloc {plain['allocator']}): "
-          f"rnnjax's epoch is {run['speedup_vs_plain']:.2f}x faster")
+    for one in run.get("by_steps_per_call", {0: run}).values():
+      ours = one["rnnjax"]
+      print(f"  rnnjax loop  {ours['epoch_seconds'][-1]:7.2f} s  (malloc {ours['allocator']}"
+            f"); pure step time {ours['step_seconds']:.2f} s "
+            f"({ours['step_images_per_second']:,.0f} img/s, {ours['steps_per_call']} steps "
+            f"per call): the loop costs {100 * one['loop_overhead']:+.1f}%; "
+            f"{one['speedup_vs_plain']:.2f}x the plain loop")
+      single = k * 100 / ours["one_step_per_call_images_per_second"]
+      print(f"               one step per call would take {single:.2f} s "
+            f"({ours['one_step_per_call_images_per_second']:,.0f} img/s)")
+    print(f"  plain loop   {plain['epoch_seconds'][-1]:7.2f} s  (malloc {plain['allocator']})")
   if len(runs) > 1:
-    print(f"median over the runs: the loop costs {100 * out['loop_overhead']:+.1f}% over its "
-          f"pure step time; rnnjax's epoch is {out['speedup_vs_plain']:.2f}x the plain loop's")
+    for k, med in out.get("by_steps_per_call", {runs[0]["rnnjax"]["steps_per_call"]: out}
+                          ).items():
+      print(f"median over the runs, {k} steps per call: the loop costs "
+            f"{100 * med['loop_overhead']:+.1f}% over its pure step time; rnnjax's epoch is "
+            f"{med['speedup_vs_plain']:.2f}x the plain loop's")
   return 0
 
 
@@ -450,13 +476,17 @@ def main(argv=None) -> int:
   p.add_argument("--synthetic", action="store_true",
                  help="with --epoch: random images instead of MNIST")
   p.add_argument("--manual-dir", help="with --epoch: folder of the MNIST IDX files")
+  p.add_argument("--steps-per-call",
+                 help="with --epoch: rnnjax's steps per call (default: the preset's), or a "
+                      "comma-separated list to alternate, e.g. 10,60")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   p.add_argument("--epoch-worker", choices=("rnnjax", "plain"), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.epoch_worker:
     if args.epoch_worker == "rnnjax":
       result = bench_epoch_rnnjax(args.epoch_steps, args.synthetic, args.manual_dir,
-                                  args.windows, args.window_seconds)
+                                  args.windows, args.window_seconds,
+                                  int(args.steps_per_call or 0))
     else:
       result = bench_epoch_plain(args.epoch_steps, args.synthetic, args.manual_dir)
     print(json.dumps(result))
@@ -464,6 +494,14 @@ def main(argv=None) -> int:
   if args.epoch:
     if args.epoch_steps < 0:
       p.error("--epoch-steps must be >= 0")
+    if args.steps_per_call:
+      try:
+        ks = [int(k) for k in args.steps_per_call.split(",")]
+      except ValueError:
+        ks = []
+      if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+        p.error(f"--steps-per-call must be distinct positive integers separated by commas, "
+                f"got {args.steps_per_call!r}")
     return run_epoch_benchmark(args, p)
   names = [n.strip() for n in args.settings.split(",") if n.strip()]
   unknown = [n for n in names if n not in SETTINGS]

@@ -127,6 +127,10 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps-per-call", type=positive_int, metavar="K",
                  help="training steps per call of the jitted step function (default 10; "
                       "1: one step per call); the same updates either way")
+  p.add_argument("--lstm-kernel", choices=("auto", "cpu", "xla"),
+                 help="how LSTM layers run: auto (default: rnnjax's CPU kernel where it can "
+                      "run, else the nn.RNN scan), cpu (the kernel, or an error) or xla (the "
+                      "scan); same parameters and equations")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--no-tensorboard", action="store_true",
                  help="do not write TensorBoard events into the workdir")
@@ -234,6 +238,7 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
   overrides = {f: getattr(args, f) for f in fields}
   overrides.update({
       "checkpoint_every_steps": args.checkpoint_every, "steps_per_call": args.steps_per_call,
+      "lstm_kernel": args.lstm_kernel,
       "data_source": args.data_source, "data_dir": args.data_dir,
   })
   overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -301,15 +306,24 @@ def main(argv=None, preset: str = "default") -> int:
     sys.stdout = open(os.devnull, "w")
 
   import jax
+
+  from rnnjax import lstm_kernel
   devices = jax.devices()
+  try:
+    layers = lstm_kernel.describe(config)
+  except lstm_kernel.KernelUnavailable as e:
+    print(f"error: {e}", file=terminal)
+    return 1
   print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
         f"{config.manual_dir or config.data_dir or 'tfds default'}, malloc "
         f"{os.environ.get('GLIBC_TUNABLES') or 'system defaults'}; {len(devices)} "
-        f"{devices[0].platform} device(s) in {jax.process_count()} process(es)", flush=True)
+        f"{devices[0].platform} device(s) in {jax.process_count()} process(es); {layers}",
+        flush=True)
   try:
     _, history = train.train_and_evaluate(config, args.workdir)
   except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
-          train.TrainingDiverged, parallel.ParallelError) as e:
+          train.TrainingDiverged, parallel.ParallelError,
+          lstm_kernel.KernelUnavailable) as e:
     print(f"error: {e}", file=terminal)
     return 1
   except train.Preempted as e:

@@ -28,6 +28,7 @@ SHAPE_FIELDS = ("task", "cell", "hidden_size", "num_layers", "bidirectional", "n
 
 TRAIN_EXAMPLES = 60000  # every dataset rnnjax reads has 60,000 training images
 DATA_SOURCES = ("auto", "tfds", "idx")
+LSTM_KERNELS = ("auto", "cpu", "xla")  # rnnjax.lstm_kernel.MODES
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 # 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.
@@ -90,6 +91,10 @@ class Config:
       a scan over that many batches; 1: one `train_step` per call). The updates are the
       same bit for bit; fewer calls save the per-call buffer allocations (+9% images/s at
       the tutorial setting on the project's CPU, experiments/speed_notes.md item 8).
+    lstm_kernel: how `lstm` layers run: `auto` (rnnjax's CPU kernel where it can run: one
+      CPU device, float32, the kernel built; else the `nn.RNN` scan), `cpu` (the kernel, an
+      error where it cannot run) or `xla` (always the scan). Same parameters and equations;
+      results agree to float32 rounding (`rnnjax.lstm_kernel`).
     data_source: `tfds` (tensorflow-datasets), `idx` (the four IDX files read with NumPy,
       no TensorFlow needed) or `auto` (tfds when TensorFlow is importable, else idx).
     data_dir: tfds data dir; None means tfds's default (`~/tensorflow_datasets` or
@@ -128,6 +133,7 @@ class Config:
   keep_checkpoints: int = 2
   checkpoint_every_steps: int = 0
   steps_per_call: int = 10
+  lstm_kernel: str = "auto"
   data_source: str = "auto"
   data_dir: str | None = None
   manual_dir: str | None = None
@@ -190,6 +196,8 @@ def validate(c: Config) -> list[str]:
     errors.append(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
   if c.optimizer not in OPTIMIZERS:
     errors.append(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
+  if c.lstm_kernel not in LSTM_KERNELS:
+    errors.append(f"lstm_kernel must be one of {LSTM_KERNELS}, got {c.lstm_kernel!r}")
   if c.data_source not in DATA_SOURCES:
     errors.append(f"data_source must be one of {DATA_SOURCES}, got {c.data_source!r}")
   for field, allowed in (("task", TASKS), ("cell", CELLS), ("dataset", DATASETS),

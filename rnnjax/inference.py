@@ -58,6 +58,8 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     config = Config.from_dict(json.loads(stored.read_text()))
   except (OSError, ValueError, TypeError) as e:
     raise InferenceError(f"{stored} is unreadable or invalid ({e}).") from None
+  if config.lstm_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
+    config = config.replace(lstm_kernel="auto")
   from rnnjax import train  # the loop's own reading of the workdir's task
   try:
     task = train.load_task(workdir, config)

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnnjax import lstm_kernel as kernel_lib
+
 # Cells whose carry is `(c, h)`; the others carry `h` alone.
 LSTM_CELLS = ("lstm", "lstm_cell")
 
@@ -71,6 +73,10 @@ class SequenceClassifier(nn.Module):
       (the mean over time of the outputs).
     forget_bias: added to the forget-gate biases by `init_params` (LSTM cells only); the
       module itself only records it.
+    lstm_kernel: how unidirectional `lstm` layers run: `xla` (the `nn.RNN` scan), `cpu`
+      (rnnjax's CPU kernel, `rnnjax.lstm_kernel`: same parameters and equations, one call
+      per layer and direction of the pass) or `auto` (the kernel where it can run: one CPU
+      device, float32, the library built; else the scan).
 
   Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
   bidirectional, for k > 0) and classes C::
@@ -97,6 +103,7 @@ class SequenceClassifier(nn.Module):
   dropout: float = 0.0
   readout: str = "last"
   forget_bias: float = 0.0
+  lstm_kernel: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, all_steps: bool = False,
@@ -117,8 +124,13 @@ class SequenceClassifier(nn.Module):
             nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),  # reversed by it
             name=f"rnn_{k}")(x, initial_carry=(carry, carry))
       else:
-        x = nn.RNN(make_cell(self.cell, self.hidden_size), name=f"rnn_{k}")(
-            x, initial_carry=carry)
+        rnn = nn.RNN(make_cell(self.cell, self.hidden_size), name=f"rnn_{k}")
+        if (self.cell == "lstm" and not self.is_initializing()
+            and kernel_lib.use_kernel(self.lstm_kernel, x)):
+          # The same layer, run by the CPU kernel on the parameters nn.RNN declared.
+          x = kernel_lib.lstm(self.variables["params"][f"rnn_{k}"]["cell"], x, carry)
+        else:
+          x = rnn(x, initial_carry=carry)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, name="head")
@@ -172,4 +184,5 @@ def model_from_config(config) -> SequenceClassifier:
   return SequenceClassifier(
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
-      dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias)
+      dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias,
+      lstm_kernel=config.lstm_kernel)

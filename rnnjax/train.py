@@ -20,7 +20,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rnnjax import checkpointing, data, parallel, plots, reporting, steps, tensorboard
+from rnnjax import (checkpointing, data, lstm_kernel, parallel, plots, reporting, steps,
+                    tensorboard)
 from rnnjax.config import Config, shape_differences
 
 
@@ -206,10 +207,12 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
       written is lost.
     TrainingDiverged: a non-finite loss; the last good checkpoint stays.
     Preempted: stopped by a signal after saving a checkpoint.
+    lstm_kernel.KernelUnavailable: `lstm_kernel="cpu"` where the CPU kernel cannot run.
   """
   workdir = Path(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_sizes(config, mesh)
+  lstm_kernel.describe(config)  # lstm_kernel "cpu" where it cannot run: say so first
   main = parallel.is_main_process()
   if not main:
     log = lambda line: None  # noqa: E731 - process 0 speaks for the run

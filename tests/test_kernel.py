@@ -1,0 +1,167 @@
+"""rnnjax's CPU LSTM kernel (rnnjax.lstm_kernel) against the nn.RNN scan it replaces and
+against the float64 NumPy reference: outputs, gradients, carries, fall-backs and errors."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from rnnjax import config as config_lib
+from rnnjax import lstm_kernel, models
+
+AVAILABLE, WHY = lstm_kernel.status()
+needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")
+
+
+def rel_err(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def perturbed(params, seed, scale=0.2):
+  """Flax's init leaves the biases at 0; random ones exercise every term."""
+  leaves, tree = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(tree, [
+      p + scale * rng.standard_normal(p.shape).astype(np.float32) for p in leaves])
+
+
+def two_models(**kw):
+  kernel = models.SequenceClassifier(lstm_kernel="cpu", **kw)
+  scan = models.SequenceClassifier(lstm_kernel="xla", **kw)
+  return kernel, scan
+
+
+# (batch, time, features, hidden, layers, readout): 1 row; a batch that splits unevenly over
+# threads (kernel rows per thread >= 16); the tutorial's shape; two layers.
+CASES = [(1, 28, 28, 8, 1, "last"), (37, 5, 3, 12, 1, "mean"), (100, 28, 28, 256, 1, "last"),
+         (33, 9, 6, 16, 2, "last")]
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,time,features,hidden,layers,readout", CASES)
+def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, layers, readout):
+  kernel, scan = two_models(hidden_size=hidden, num_layers=layers, readout=readout)
+  x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
+  params = perturbed(models.init_params(scan, jax.random.key(1), x[:1]), 2)
+  got = jax.jit(lambda p, x: kernel.apply({"params": p}, x))(params, x)
+  via_scan = jax.jit(lambda p, x: scan.apply({"params": p}, x))(params, x)
+  want = reference.classifier_logits(jax.device_get(params), np.asarray(x), readout=readout)
+  # float32 against float64: the same 1e-5 as the scan's own test (test_numerics.py); the
+  # kernel and the scan differ by summation order and tanh/exp ulps only.
+  print(f"measured: kernel vs float64 {rel_err(got, want):.1e}, scan vs float64 "
+        f"{rel_err(via_scan, want):.1e}, kernel vs scan {rel_err(got, via_scan):.1e}")
+  assert rel_err(got, want) <= 1e-5
+  assert rel_err(got, via_scan) <= 1e-5
+  every = lambda m: jax.jit(lambda p, x: m.apply({"params": p}, x, all_steps=True))  # noqa
+  assert rel_err(every(kernel)(params, x), every(scan)(params, x)) <= 1e-5
+
+  def loss(model):
+    def f(p, x):  # every output step and every logit carries gradient
+      return jnp.sum(jnp.sin(model.apply({"params": p}, x, all_steps=True)))
+    return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+  g_kernel, g_scan = loss(kernel)(params, x), loss(scan)(params, x)
+  assert jax.tree.structure(g_kernel) == jax.tree.structure(g_scan)
+  worst = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_kernel), jax.tree.leaves(g_scan)))
+  print(f"measured: gradients kernel vs scan, worst leaf {worst:.1e}")
+  assert worst <= 1e-5
+
+
+@needs_kernel
+def test_kernel_layer_with_a_given_carry_equals_nn_rnn():
+  """Nonzero initial (c, h), and their gradients, against nn.RNN with return_carry."""
+  b, t, f, h = 20, 7, 5, 24
+  rng = np.random.default_rng(3)
+  x, c0, h0 = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+               for s in ((b, t, f), (b, h), (b, h)))
+  rnn = nn.RNN(nn.OptimizedLSTMCell(h))
+  params = perturbed(rnn.init(jax.random.key(0), x)["params"], 4)
+  # Reference outputs from float64 NumPy with the same carry.
+  want, _ = reference.lstm_layer(jax.device_get(params["cell"]), np.asarray(x, np.float64),
+                                 np.asarray(c0, np.float64), np.asarray(h0, np.float64))
+
+  def by_kernel(p, x, c0, h0):
+    return lstm_kernel.lstm(p["cell"], x, (c0, h0))
+
+  def by_scan(p, x, c0, h0):
+    return rnn.apply({"params": p}, x, initial_carry=(c0, h0))
+
+  got = jax.jit(by_kernel)(params, x, c0, h0)
+  assert rel_err(got, want) <= 1e-5
+  assert rel_err(got, jax.jit(by_scan)(params, x, c0, h0)) <= 1e-5
+  w = jnp.asarray(rng.standard_normal((b, t, h)), jnp.float32)
+  grad = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(w * fn(*a)), argnums=(0, 1, 2, 3)))
+  for a, bb in zip(jax.tree.leaves(grad(by_kernel)(params, x, c0, h0)),
+                   jax.tree.leaves(grad(by_scan)(params, x, c0, h0))):
+    assert rel_err(a, bb) <= 1e-5
+
+
+@needs_kernel
+def test_default_model_uses_the_kernel_and_bidirectional_the_scan():
+  """`auto` runs unidirectional LSTM layers on the kernel (no scan in the program) and
+  leaves bidirectional ones, and other cells, to nn.RNN."""
+  x = jnp.ones((2, 28, 28))
+
+  def hlo(**kw):
+    m = models.SequenceClassifier(hidden_size=8, **kw)
+    p = m.init(jax.random.key(0), x)
+    return jax.jit(lambda p, x: m.apply(p, x)).lower(p, x).as_text()
+
+  assert "rnnjax_lstm_infer" in hlo() and "while" not in hlo()
+  assert "rnnjax_lstm" not in hlo(lstm_kernel="xla")
+  assert "rnnjax_lstm" not in hlo(bidirectional=True)
+  assert "rnnjax_lstm" not in hlo(cell="gru")
+
+
+def test_float64_falls_back_to_the_scan_and_cpu_refuses_it():
+  x = jnp.ones((2, 5, 3))
+  with jax.enable_x64(True):
+    x64 = x.astype(jnp.float64)
+    assert not lstm_kernel.use_kernel("auto", x64)
+    with pytest.raises(lstm_kernel.KernelUnavailable, match="float32"):
+      lstm_kernel.use_kernel("cpu", x64)
+  assert not lstm_kernel.use_kernel("xla", x)
+  with pytest.raises(ValueError, match="lstm_kernel must be one of"):
+    lstm_kernel.use_kernel("fast", x)
+
+
+def test_config_and_cli_take_the_kernel_choice():
+  assert config_lib.get_config("tutorial").lstm_kernel == "auto"
+  with pytest.raises(ValueError, match="lstm_kernel must be one of"):
+    config_lib.get_config("tiny").replace(lstm_kernel="gpu")
+  assert models.model_from_config(
+      config_lib.get_config("tiny").replace(lstm_kernel="xla")).lstm_kernel == "xla"
+
+
+def test_without_a_compiler_auto_uses_the_scan_and_says_why(tmp_path):
+  """A fresh cache and no compiler: `status` names the cause, `auto` trains on the scan,
+  `cpu` is refused with the cause."""
+  code = (
+      "import jax, jax.numpy as jnp\n"
+      "from rnnjax import lstm_kernel, models\n"
+      "ok, why = lstm_kernel.status()\n"
+      "print('STATUS', ok, why)\n"
+      "m = models.SequenceClassifier(hidden_size=4)\n"
+      "x = jnp.ones((2, 3, 5))\n"
+      "print('LOGITS', m.apply(m.init(jax.random.key(0), x), x).shape)\n"
+      "try:\n"
+      "  lstm_kernel.use_kernel('cpu', x)\n"
+      "except lstm_kernel.KernelUnavailable as e:\n"
+      "  print('REFUSED', e)\n")
+  env = dict(os.environ, RNNJAX_KERNEL_CACHE=str(tmp_path), CXX=str(tmp_path / "no-g++"))
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  if sys.platform == "linux" and os.uname().machine == "x86_64" and "MKL not found" not in \
+      r.stdout:
+    assert "STATUS False no C++ compiler found" in r.stdout
+  assert "LOGITS (2, 10)" in r.stdout
+  assert "REFUSED lstm_kernel 'cpu' cannot run here" in r.stdout
+  assert list(tmp_path.glob("*.so")) == []
