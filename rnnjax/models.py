@@ -1,5 +1,8 @@
 """Pure Flax modules: recurrent layers scanned by `nn.RNN`, and a dense readout.
 
+On one CPU device, unidirectional `nn.OptimizedLSTMCell` layers run on rnnjax's CPU kernel
+(`rnnjax.lstm_kernel`) with the parameters their `nn.RNN` declares (`lstm_kernel`).
+
 Parameter paths are stable and documented, because interop code maps them to other
 frameworks (see `SequenceClassifier`).
 """
