@@ -25,6 +25,9 @@ installed with rnnjax on x86-64 Linux) and jaxlib's FFI headers, into
 `$RNNJAX_KERNEL_CACHE` (default `~/.cache/rnnjax`), once per source, CPU and jaxlib version.
 Where that is not possible (no compiler, no MKL, another platform, a GPU, several devices,
 float64) `lstm_kernel="auto"` uses the scan and `status()` says why.
+
+The kernel defines reverse-mode derivatives only (a `jax.custom_vjp`): `jax.grad` and
+`jax.vjp` work, forward mode (`jax.jvp`, `jax.hessian`) needs `lstm_kernel="xla"`.
 """
 
 from __future__ import annotations
