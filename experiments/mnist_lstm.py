@@ -127,7 +127,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps-per-call", type=positive_int, metavar="K",
                  help="training steps per call of the jitted step function (default 10; "
                       "1: one step per call); the same updates either way")
-  p.add_argument("--lstm-kernel", choices=("auto", "cpu", "xla"),
+  p.add_argument("--lstm-kernel", choices=config_lib.LSTM_KERNELS,
                  help="how LSTM layers run: auto (default: rnnjax's CPU kernel where it can "
                       "run, else the nn.RNN scan), cpu (the kernel, or an error) or xla (the "
                       "scan); same parameters and equations")

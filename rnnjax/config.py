@@ -28,7 +28,7 @@ SHAPE_FIELDS = ("task", "cell", "hidden_size", "num_layers", "bidirectional", "n
 
 TRAIN_EXAMPLES = 60000  # every dataset rnnjax reads has 60,000 training images
 DATA_SOURCES = ("auto", "tfds", "idx")
-LSTM_KERNELS = ("auto", "cpu", "xla")  # rnnjax.lstm_kernel.MODES
+LSTM_KERNELS = ("auto", "cpu", "xla")  # how LSTM layers run: rnnjax/lstm_kernel.py
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 # 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.

@@ -49,7 +49,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-MODES = ("auto", "cpu", "xla")
+from rnnjax.config import LSTM_KERNELS
+
+MODES = LSTM_KERNELS  # auto, cpu, xla
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 _TARGETS = {"fwd": "RnnjaxLstmFwd", "infer": "RnnjaxLstmInfer", "bwd": "RnnjaxLstmBwd"}

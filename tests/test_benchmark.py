@@ -50,7 +50,8 @@ def test_epoch_mode_as_json():
   """--epoch: rnnjax's loop timed against its own step time and against a plain loop (a
   few synthetic steps here; the figures themselves live in the README)."""
   r = subprocess.run([sys.executable, str(SCRIPT), "--epoch", "--epoch-steps", "6",
-                      "--synthetic", "--windows", "2", "--window-seconds", "0.05", "--json"],
+                      "--synthetic", "--windows", "2", "--window-seconds", "0.05", "--json",
+                      "--steps-per-call", "10,3"],
                      capture_output=True, text=True, cwd=REPO, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -69,3 +70,14 @@ def test_epoch_mode_as_json():
   assert (out["loop_overhead"], out["speedup_vs_plain"]) == (run["loop_overhead"],
                                                              run["speedup_vs_plain"])
   assert plain["allocator"] == "system defaults"
+  # The second --steps-per-call value: its own rnnjax run against the same plain loop; the
+  # first value's figures are the headline ones.
+  by = run["by_steps_per_call"]
+  assert set(by) == {"10", "3"} and by["10"]["rnnjax"] == ours
+  three = by["3"]["rnnjax"]
+  assert three["steps_per_call"] == 3 and three["steps_per_epoch"] == 6
+  assert by["3"]["loop_overhead"] == three["epoch_seconds"][-1] / three["step_seconds"] - 1
+  assert by["3"]["speedup_vs_plain"] == (plain["epoch_seconds"][-1]
+                                         / three["epoch_seconds"][-1])
+  assert out["by_steps_per_call"]["3"] == {k: by["3"][k] for k in ("loop_overhead",
+                                                                   "speedup_vs_plain")}

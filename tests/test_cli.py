@@ -32,6 +32,7 @@ def run_cli(*args, env=None, timeout=600):
     (["--cell", "gru", "--forget-bias", "1"], "forget_bias applies to the LSTM cells only"),
     (["--task", "columns"], "--task: invalid choice: 'columns'"),
     (["--dataset", "cifar10"], "--dataset: invalid choice: 'cifar10'"),
+    (["--lstm-kernel", "gpu"], "--lstm-kernel: invalid choice: 'gpu'"),
 ])
 def test_invalid_values_exit_2(args, message, tmp_path):
   r = run_cli("--workdir", tmp_path / "w", *args)
@@ -50,6 +51,28 @@ def test_steps_per_call_flag_reaches_the_config():
   assert config.steps_per_call == 1
   with pytest.raises(SystemExit):
     parse(["--steps-per-call", "0"])
+
+
+def test_lstm_kernel_flag_reaches_the_config():
+  sys.path.insert(0, str(REPO / "experiments"))
+  import mnist_lstm
+  parse = mnist_lstm.make_parser().parse_args
+  assert mnist_lstm.build_config(parse(["--preset", "tiny"])).lstm_kernel == "auto"
+  config = mnist_lstm.build_config(parse(["--preset", "tiny", "--lstm-kernel", "xla"]))
+  assert config.lstm_kernel == "xla"
+
+
+def test_lstm_kernel_cpu_where_it_cannot_run_is_a_clear_error(tmp_path):
+  """No compiler (and an empty kernel cache): `--lstm-kernel cpu` stops before any data or
+  training with one line that names the cause and the alternatives."""
+  r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--lstm-kernel", "cpu",
+              env={"CXX": str(tmp_path / "no-g++"), "RNNJAX_KERNEL_CACHE": str(tmp_path / "k")})
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "error: --lstm-kernel cpu cannot run here: " in r.stderr
+  assert "Use auto (the nn.RNN scan where the kernel cannot run) or xla." in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()
+  assert not (tmp_path / "w" / "config.json").exists()
 
 
 def test_wrong_manual_dir_is_a_clear_error(tmp_path):

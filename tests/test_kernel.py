@@ -132,7 +132,7 @@ def test_float64_falls_back_to_the_scan_and_cpu_refuses_it():
     lstm_kernel.use_kernel("fast", x)
 
 
-def test_config_and_cli_take_the_kernel_choice():
+def test_config_takes_the_kernel_choice():  # the CLI flag: test_cli.py
   assert config_lib.get_config("tutorial").lstm_kernel == "auto"
   with pytest.raises(ValueError, match="lstm_kernel must be one of"):
     config_lib.get_config("tiny").replace(lstm_kernel="gpu")

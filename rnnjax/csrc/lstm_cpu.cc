@@ -68,6 +68,28 @@ static void activate(float* z, int64_t rows, int64_t H) {
   }
 }
 
+// One time step for n rows: z [n,4H] <- the gate activations of b + x W_i + h W_h, then
+// c_next = f c + i g (c_next may be c) and h_next = o tanh(c_next); tc: n*H scratch.
+static void step(int64_t n, int64_t F, int64_t H, const float* x, const float* h,
+                 const float* c, const float* wi, const float* wh, const float* b, float* z,
+                 float* c_next, float* h_next, float* tc) {
+  const int64_t G = 4 * H;
+  for (int64_t r = 0; r < n; ++r) std::memcpy(z + r * G, b, G * sizeof(float));
+  sgemm(false, false, n, G, F, x, F, wi, G, 1.f, z, G);
+  sgemm(false, false, n, G, H, h, H, wh, G, 1.f, z, G);
+  activate(z, n, H);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* a = z + r * G;
+    for (int64_t j = 0; j < H; ++j)
+      c_next[r * H + j] = a[H + j] * c[r * H + j] + a[j] * a[2 * H + j];
+  }
+  vsTanh(n * H, c_next, tc);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* a = z + r * G;
+    for (int64_t j = 0; j < H; ++j) h_next[r * H + j] = a[3 * H + j] * tc[r * H + j];
+  }
+}
+
 // x [T,B,F], wi [F,4H], wh [H,4H], b [4H], c0 [B,H], h0 [B,H] ->
 // hs [T+1,B,H] (hs[0] = h0), cs [T+1,B,H] (cs[0] = c0), acts [T,B,4H] (gate activations).
 static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cs,
@@ -77,73 +99,36 @@ static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, O
   float* A = acts->typed_data();
   float* HS = hs->typed_data();
   float* CS = cs->typed_data();
-  const float* X = x.typed_data();
-  const float* WI = wi.typed_data();
-  const float* WH = wh.typed_data();
-  const float* bp = bias.typed_data();
   std::memcpy(HS, h0.typed_data(), B * H * sizeof(float));
   std::memcpy(CS, c0.typed_data(), B * H * sizeof(float));
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
-    const int64_t n = hi - lo;
-    std::vector<float> tc(n * H);
+    std::vector<float> tc((hi - lo) * H);
     for (int64_t t = 0; t < T; ++t) {
-      float* z = A + (t * B + lo) * G;
-      for (int64_t r = 0; r < n; ++r) std::memcpy(z + r * G, bp, G * sizeof(float));
-      sgemm(false, false, n, G, F, X + (t * B + lo) * F, F, WI, G, 1.f, z, G);
-      const float* hp = HS + (t * B + lo) * H;
-      const float* cp = CS + (t * B + lo) * H;
-      float* hn = HS + ((t + 1) * B + lo) * H;
-      float* cn = CS + ((t + 1) * B + lo) * H;
-      sgemm(false, false, n, G, H, hp, H, WH, G, 1.f, z, G);
-      activate(z, n, H);
-      for (int64_t b = 0; b < n; ++b) {
-        const float* r = z + b * G;
-        for (int64_t j = 0; j < H; ++j)
-          cn[b * H + j] = r[H + j] * cp[b * H + j] + r[j] * r[2 * H + j];
-      }
-      vsTanh(n * H, cn, tc.data());
-      for (int64_t b = 0; b < n; ++b) {
-        const float* r = z + b * G;
-        for (int64_t j = 0; j < H; ++j) hn[b * H + j] = r[3 * H + j] * tc[b * H + j];
-      }
+      const int64_t row = t * B + lo, next = (t + 1) * B + lo;
+      step(hi - lo, F, H, x.typed_data() + row * F, HS + row * H, CS + row * H,
+           wi.typed_data(), wh.typed_data(), bias.typed_data(), A + row * G, CS + next * H,
+           HS + next * H, tc.data());
     }
   });
   return ffi::Error::Success();
 }
 
 // Inference: x, wi, wh, b, c0, h0 as Fwd -> hs [T+1,B,H], c_T [B,H]; the gate activations
-// and cell states stay in a per-thread scratch row block.
+// stay in a per-thread scratch block and the cell state is updated in place.
 static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cT) {
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0], G = 4 * H;
   float* HS = hs->typed_data();
   float* C = cT->typed_data();
-  const float* X = x.typed_data();
-  const float* WI = wi.typed_data();
-  const float* WH = wh.typed_data();
-  const float* bp = bias.typed_data();
   std::memcpy(HS, h0.typed_data(), B * H * sizeof(float));
   std::memcpy(C, c0.typed_data(), B * H * sizeof(float));
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
-    const int64_t n = hi - lo;
-    std::vector<float> z(n * G), tc(n * H);
+    std::vector<float> z((hi - lo) * G), tc((hi - lo) * H);
     float* c = C + lo * H;
     for (int64_t t = 0; t < T; ++t) {
-      for (int64_t r = 0; r < n; ++r) std::memcpy(z.data() + r * G, bp, G * sizeof(float));
-      sgemm(false, false, n, G, F, X + (t * B + lo) * F, F, WI, G, 1.f, z.data(), G);
-      sgemm(false, false, n, G, H, HS + (t * B + lo) * H, H, WH, G, 1.f, z.data(), G);
-      activate(z.data(), n, H);
-      float* hn = HS + ((t + 1) * B + lo) * H;
-      for (int64_t b = 0; b < n; ++b) {
-        const float* r = z.data() + b * G;
-        for (int64_t j = 0; j < H; ++j)
-          c[b * H + j] = r[H + j] * c[b * H + j] + r[j] * r[2 * H + j];
-      }
-      vsTanh(n * H, c, tc.data());
-      for (int64_t b = 0; b < n; ++b) {
-        const float* r = z.data() + b * G;
-        for (int64_t j = 0; j < H; ++j) hn[b * H + j] = r[3 * H + j] * tc[b * H + j];
-      }
+      const int64_t row = t * B + lo;
+      step(hi - lo, F, H, x.typed_data() + row * F, HS + row * H, c, wi.typed_data(),
+           wh.typed_data(), bias.typed_data(), z.data(), c, HS + (row + B) * H, tc.data());
     }
   });
   return ffi::Error::Success();
