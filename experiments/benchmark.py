@@ -11,7 +11,10 @@ Command (from the repository root):
 Each figure comes from its own process (so that peak memory and allocator state belong to
 one setting and one framework): warm-up, then `--windows` timed windows of about
 `--window-seconds` each, with device synchronisation at both ends; images/s is reported as
-the median, min and max over windows. rnnjax trains as its loop does: `steps_per_call` (10)
+the median, min and max over windows. With `--compare-torch` the rnnjax and PyTorch
+processes of a setting are alive at once and take turns, window by window (the other one
+waits, idle), so that both see the same moods of the machine; the ratio printed is the
+median over the pairs of neighbouring windows of rnnjax's images/s over PyTorch's. rnnjax trains as its loop does: `steps_per_call` (10)
 steps per call of the jitted `train.jit_train_steps()`, on 10 different device-resident
 batches; PyTorch one step per Python iteration, as its training loops run. Also: the first
 call's time (compilation included; for rnnjax training, the call's 10 steps too),
@@ -55,8 +58,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -91,21 +96,28 @@ def flops_per_image(mode: str, hidden: int, steps: int, features: int) -> float:
   return 3 * forward if mode == "train" else forward
 
 
-def timed_windows(run, sync, images_per_call: int, windows: int, window_seconds: float):
-  """Calls `run()` in windows of about `window_seconds`; images/s of each window."""
+def calls_per_window(run, sync, window_seconds: float) -> int:
+  """How many calls of `run()` fill about `window_seconds` (from one timed call)."""
   t = time.perf_counter()
   run()
   sync()
-  per_call = max(time.perf_counter() - t, 1e-6)
-  calls = max(1, int(window_seconds / per_call))
-  rates = []
-  for _ in range(windows):
-    t = time.perf_counter()
-    for _ in range(calls):
-      run()
-    sync()
-    rates.append(calls * images_per_call / (time.perf_counter() - t))
-  return rates
+  return max(1, int(window_seconds / max(time.perf_counter() - t, 1e-6)))
+
+
+def one_window(run, sync, calls: int, images_per_call: int) -> float:
+  """images/s over `calls` calls of `run()`, synchronised at both ends."""
+  sync()
+  t = time.perf_counter()
+  for _ in range(calls):
+    run()
+  sync()
+  return calls * images_per_call / (time.perf_counter() - t)
+
+
+def timed_windows(run, sync, images_per_call: int, windows: int, window_seconds: float):
+  """Calls `run()` in windows of about `window_seconds`; images/s of each window."""
+  calls = calls_per_window(run, sync, window_seconds)
+  return [one_window(run, sync, calls, images_per_call) for _ in range(windows)]
 
 
 def peak_rss_bytes() -> int:
@@ -134,7 +146,16 @@ def measure_matmul_peak(windows: int = 5) -> float:
   return statistics.median(rates)
 
 
-def bench_jax(name: str, windows: int, window_seconds: float) -> dict:
+class Prepared(NamedTuple):
+  """One setting, warmed up in this process: `run()` does one call of `images_per_call`
+  images, `sync()` waits for it, `info()` gives the figures other than the throughput."""
+  run: Callable[[], None]
+  sync: Callable[[], None]
+  images_per_call: int
+  info: Callable[[], dict]
+
+
+def bench_jax(name: str) -> Prepared:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -174,20 +195,22 @@ def bench_jax(name: str, windows: int, window_seconds: float) -> dict:
   run()
   sync()
   first_call = time.perf_counter() - t
-  rates = timed_windows(run, sync, batch * per_call, windows, window_seconds)
-  device = jax.devices()[0]
-  stats = device.memory_stats() if device.platform != "cpu" else None
-  return {
-      "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
-      "steps_per_call": per_call,
-      "first_call_seconds": first_call,
-      "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
-      "peak_memory_kind": "device peak bytes" if stats else "process peak RSS",
-      "images_per_second": rates, "matmul_peak_gflops": measure_matmul_peak(),
-  }
+
+  def info():
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return {
+        "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
+        "steps_per_call": per_call,
+        "first_call_seconds": first_call,
+        "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
+        "peak_memory_kind": "device peak bytes" if stats else "process peak RSS",
+        "matmul_peak_gflops": measure_matmul_peak(),
+    }
+  return Prepared(run, sync, batch * per_call, info)
 
 
-def bench_torch(name: str, windows: int, window_seconds: float) -> dict:
+def bench_torch(name: str) -> Prepared:
   import torch
 
   mode, batch, hidden, t_steps, features = SETTINGS[name]
@@ -223,12 +246,28 @@ def bench_torch(name: str, windows: int, window_seconds: float) -> dict:
   t = time.perf_counter()
   run()
   first_call = time.perf_counter() - t
-  rates = timed_windows(run, lambda: None, batch, windows, window_seconds)
-  return {
+  return Prepared(run, lambda: None, batch, lambda: {
       "framework": f"torch {torch.__version__}", "device": "cpu",
       "first_call_seconds": first_call, "peak_memory_bytes": peak_rss_bytes(),
-      "peak_memory_kind": "process peak RSS", "images_per_second": rates,
-  }
+      "peak_memory_kind": "process peak RSS"})
+
+
+def serve(prepared: Prepared, window_seconds: float) -> None:
+  """A measured process's side of the driver's protocol: one JSON line per message on
+  stdout. `{"ready": true}` once warmed up; then for each line `window` on stdin, one timed
+  window, `{"rate": images/s, "start": t, "end": t}` (wall-clock seconds); for `done`, the
+  figures of `prepared.info()`."""
+  run, sync = prepared.run, prepared.sync
+  calls = calls_per_window(run, sync, window_seconds)
+  print(json.dumps({"ready": True}), flush=True)
+  for line in sys.stdin:
+    if line.strip() == "window":
+      start = time.time()
+      rate = one_window(run, sync, calls, prepared.images_per_call)
+      print(json.dumps({"rate": rate, "start": start, "end": time.time()}), flush=True)
+    elif line.strip() == "done":
+      print(json.dumps(prepared.info()), flush=True)
+      return
 
 
 # ----------------------------------------------------------------------------------------
@@ -430,13 +469,53 @@ def run_epoch_benchmark(args, p) -> int:
 # ----------------------------------------------------------------------------------------
 # The driver: one process per (setting, framework).
 
-def run_worker(framework: str, name: str, args, env: dict) -> dict:
-  cmd = [sys.executable, __file__, "--worker", framework, "--settings", name,
-         "--windows", str(args.windows), "--window-seconds", str(args.window_seconds)]
-  r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-  if r.returncode != 0:
-    raise RuntimeError(f"{framework} {name} failed:\n{r.stderr[-3000:]}")
-  return json.loads(r.stdout.strip().splitlines()[-1])
+class Worker:
+  """A measured process (this script with --worker), warmed up and waiting for the driver's
+  `window` and `done` lines (see `serve`)."""
+
+  def __init__(self, framework: str, name: str, window_seconds: float, env: dict):
+    self.what = f"{framework} {name}"
+    self.stderr = tempfile.TemporaryFile(mode="w+")
+    self.proc = subprocess.Popen(
+        [sys.executable, __file__, "--worker", framework, "--settings", name,
+         "--window-seconds", str(window_seconds)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
+        cwd=REPO)
+    self.spans = []  # (start, end) of each timed window
+    self._read()  # {"ready": true}
+
+  def _read(self) -> dict:
+    while True:
+      text = self.proc.stdout.readline()
+      if not text:  # the process ended
+        self.proc.wait()
+        self.stderr.seek(0)
+        raise RuntimeError(f"{self.what} failed (exit {self.proc.returncode}):\n"
+                           f"{self.stderr.read()[-3000:]}")
+      try:
+        return json.loads(text)
+      except ValueError:
+        continue  # a library's own print
+
+  def _ask(self, what: str) -> dict:
+    self.proc.stdin.write(what + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def window(self) -> float:
+    """One timed window; its images/s."""
+    r = self._ask("window")
+    self.spans.append((r["start"], r["end"]))
+    return r["rate"]
+
+  def finish(self) -> dict:
+    return self._ask("done")
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.kill()
+    self.proc.wait()
+    self.stderr.close()
 
 
 def summarize(name: str, result: dict) -> dict:
@@ -510,9 +589,9 @@ def main(argv=None) -> int:
   if args.windows < 1 or args.window_seconds <= 0:
     p.error("--windows must be >= 1 and --window-seconds > 0")
 
-  if args.worker:  # inside a measured process: one setting, raw JSON on stdout
+  if args.worker:  # inside a measured process: one setting, JSON lines on stdout
     bench = bench_jax if args.worker == "jax" else bench_torch
-    print(json.dumps(bench(names[0], args.windows, args.window_seconds)))
+    serve(bench(names[0]), args.window_seconds)
     return 0
 
   if args.compare_torch:
@@ -545,13 +624,28 @@ def main(argv=None) -> int:
 
 
 def measure(name: str, alloc: str, args, env: dict) -> None:
-  ours = summarize(name, run_worker("jax", name, args, env))
+  """One setting under one allocator: rnnjax's process, and PyTorch's with --compare-torch,
+  both alive at once and taking turns window by window, so that the two see the same moods
+  of the machine (its speed drifts by tens of per cent between minutes)."""
+  frameworks = ["jax", "torch"] if args.compare_torch else ["jax"]
+  workers = []
+  try:
+    for framework in frameworks:
+      workers.append(Worker(framework, name, args.window_seconds, env))
+    rates = interleave(workers, args.windows)
+    results = [summarize(name, {**w.finish(), "images_per_second": r})
+               for w, r in zip(workers, rates)]
+  finally:
+    for w in workers:
+      w.close()
+  ours = results[0]
   ours["allocator"] = alloc
   if args.compare_torch:
-    theirs = summarize(name, run_worker("torch", name, args, env))
+    theirs = results[1]
     ours["torch"] = theirs
-    ours["speedup_vs_torch"] = (ours["images_per_second"]["median"]
-                                / theirs["images_per_second"]["median"])
+    pairs = [a / b for a, b in zip(*rates)]
+    ours["speedup_vs_torch"] = statistics.median(pairs)
+    ours["speedup_vs_torch_per_window_pair"] = pairs
     if "matmul_peak_gflops" in ours:
       theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
                                            * theirs["flops_per_image"]
@@ -560,6 +654,15 @@ def measure(name: str, alloc: str, args, env: dict) -> None:
     print(json.dumps(ours), flush=True)
   else:
     print(line(ours), flush=True)
+
+
+def interleave(workers: list[Worker], windows: int) -> list[list[float]]:
+  """`windows` timed windows of each worker, taking turns; images/s per worker."""
+  rates = [[] for _ in workers]
+  for _ in range(windows):
+    for w, r in zip(workers, rates):
+      r.append(w.window())
+  return rates
 
 
 def line(r: dict) -> str:

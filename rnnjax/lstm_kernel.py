@@ -210,24 +210,25 @@ def _layer(x, wi, wh, b, c0, h0):
 
 
 def _layer_fwd(x, wi, wh, b, c0, h0):
-  t, batch, _ = x.shape
+  t, batch, f = x.shape
   h = wh.shape[0]
-  hs, cs, acts = jax.ffi.ffi_call(
+  hs, cs, xh, acts, tcs = jax.ffi.ffi_call(
       "rnnjax_lstm_fwd", (_shape(t + 1, batch, h), _shape(t + 1, batch, h),
-                          _shape(t, batch, 4 * h)), vmap_method="sequential")(
-                              x, wi, wh, b, c0, h0)
-  return (hs, cs[-1]), (x, wi, wh, hs, cs, acts)
+                          _shape(t, batch, f + h + 1), _shape(t, batch, 4 * h),
+                          _shape(t, batch, h)),
+      vmap_method="sequential")(x, wi, wh, b, c0, h0)
+  return (hs, cs[-1]), (wi, wh, xh, cs, acts, tcs)
 
 
 def _layer_bwd(res, cotangents):
-  x, wi, wh, hs, cs, acts = res
+  wi, wh, xh, cs, acts, tcs = res
   d_hs, d_c = cotangents
-  t, batch, f = x.shape
-  h = wh.shape[0]
+  t, batch, _ = xh.shape
+  f, h = wi.shape[0], wh.shape[0]
   dx, dwi, dwh, db, dc0, dh0 = jax.ffi.ffi_call(
       "rnnjax_lstm_bwd", (_shape(t, batch, f), _shape(f, 4 * h), _shape(h, 4 * h),
                           _shape(4 * h), _shape(batch, h), _shape(batch, h)),
-      vmap_method="sequential")(x, wi, wh, hs, cs, acts, d_hs[1:], d_c)
+      vmap_method="sequential")(wi, wh, xh, cs, acts, tcs, d_hs[1:], d_c)
   return dx, dwi, dwh, db, dc0, dh0 + d_hs[0]
 
 

@@ -1,6 +1,7 @@
 """The benchmark harness: its FLOP counts, its errors, and one quick measured setting."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,28 @@ def test_one_setting_as_json(setting, batch, per_call):
   assert ips["windows"] == 2 and 0 < ips["min"] <= ips["median"] <= ips["max"]
   assert out["first_call_seconds"] > 0 and out["peak_memory_bytes"] > 2 ** 20
   assert 0 < out["fraction_of_matmul_peak"] < 1.5
+
+
+def test_measured_processes_take_turns():
+  """--compare-torch's two processes run their timed windows in turn, never at once (two
+  rnnjax processes here: torch is not a dependency)."""
+  workers = [benchmark.Worker("jax", "eval128", 0.05, dict(os.environ)) for _ in range(2)]
+  try:
+    rates = benchmark.interleave(workers, 3)
+    infos = [w.finish() for w in workers]
+  finally:
+    for w in workers:
+      w.close()
+  assert [len(r) for r in rates] == [3, 3] and min(rates[0] + rates[1]) > 0
+  spans = [span for pair in zip(*(w.spans for w in workers)) for span in pair]
+  assert len(spans) == 6
+  assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+  assert all(info["framework"] == "rnnjax" and info["steps_per_call"] == 1 for info in infos)
+
+
+def test_a_failing_measured_process_says_why():
+  with pytest.raises(RuntimeError, match=r"(?s)jax nosuch failed \(exit 2\).*unknown setting"):
+    benchmark.Worker("jax", "nosuch", 0.05, dict(os.environ))
 
 
 def test_epoch_mode_as_json():
