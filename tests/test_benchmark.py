@@ -53,15 +53,13 @@ def test_measured_processes_take_turns():
   workers = [benchmark.Worker("jax", "eval128", 0.05, dict(os.environ)) for _ in range(2)]
   try:
     rates = benchmark.interleave(workers, 3)
-    infos = [w.finish() for w in workers]
   finally:
     for w in workers:
       w.close()
   assert [len(r) for r in rates] == [3, 3] and min(rates[0] + rates[1]) > 0
   spans = [span for pair in zip(*(w.spans for w in workers)) for span in pair]
-  assert len(spans) == 6
+  assert len(spans) == 6 and all(start < end for start, end in spans)
   assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
-  assert all(info["framework"] == "rnnjax" and info["steps_per_call"] == 1 for info in infos)
 
 
 def test_a_failing_measured_process_says_why():
