@@ -169,17 +169,16 @@ def describe(config) -> str:
   """How `config`'s recurrent layers run in this process, for the run's first line."""
   if config.cell != "lstm":
     return f"{config.cell} layers: nn.RNN scan"
-  if config.bidirectional:
-    return "bidirectional LSTM: nn.RNN scan (the CPU kernel runs one direction)"
+  what = "bidirectional LSTM" if config.bidirectional else "LSTM"
   if config.lstm_kernel == "xla":
-    return "LSTM: nn.RNN scan (--lstm-kernel xla)"
+    return f"{what}: nn.RNN scan (--lstm-kernel xla)"
   ok, why = status()
   if ok:
-    return "LSTM: rnnjax CPU kernel (MKL)"
+    return f"{what}: rnnjax CPU kernel (MKL)"
   if config.lstm_kernel == "cpu":
     raise KernelUnavailable(f"--lstm-kernel cpu cannot run here: {why}. Use auto (the "
                             "nn.RNN scan where the kernel cannot run) or xla.")
-  return f"LSTM: nn.RNN scan ({why})"
+  return f"{what}: nn.RNN scan ({why})"
 
 
 def use_kernel(mode: str, x: jax.Array) -> bool:

@@ -76,10 +76,10 @@ class SequenceClassifier(nn.Module):
       (the mean over time of the outputs).
     forget_bias: added to the forget-gate biases by `init_params` (LSTM cells only); the
       module itself only records it.
-    lstm_kernel: how unidirectional `lstm` layers run: `xla` (the `nn.RNN` scan), `cpu`
-      (rnnjax's CPU kernel, `rnnjax.lstm_kernel`: same parameters and equations, one call
-      per layer and direction of the pass) or `auto` (the kernel where it can run: one CPU
-      device, float32, the library built; else the scan).
+    lstm_kernel: how `lstm` layers run, both directions of bidirectional ones: `xla` (the
+      `nn.RNN` scan), `cpu` (rnnjax's CPU kernel, `rnnjax.lstm_kernel`: same parameters and
+      equations, one call per layer, direction and pass) or `auto` (the kernel where it can
+      run: one CPU device, float32, the library built; else the scan).
 
   Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
   bidirectional, for k > 0) and classes C::
@@ -122,18 +122,26 @@ class SequenceClassifier(nn.Module):
     for k in range(self.num_layers):
       carry = zero_carry(x, self.hidden_size, self.cell)
       if self.bidirectional:
-        x = nn.Bidirectional(
+        rnn = nn.Bidirectional(
             nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),
             nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),  # reversed by it
-            name=f"rnn_{k}")(x, initial_carry=(carry, carry))
+            name=f"rnn_{k}")
       else:
         rnn = nn.RNN(make_cell(self.cell, self.hidden_size), name=f"rnn_{k}")
-        if (self.cell == "lstm" and not self.is_initializing()
-            and kernel_lib.use_kernel(self.lstm_kernel, x)):
-          # The same layer, run by the CPU kernel on the parameters nn.RNN declared.
-          x = kernel_lib.lstm(self.variables["params"][f"rnn_{k}"]["cell"], x, carry)
+      if (self.cell == "lstm" and not self.is_initializing()
+          and kernel_lib.use_kernel(self.lstm_kernel, x)):
+        # The same layer, run by the CPU kernel on the parameters nn.RNN declared; the
+        # backward direction as nn.Bidirectional runs it: on the time-reversed sequence,
+        # its outputs reversed back, concatenated after the forward direction's.
+        params = self.variables["params"][f"rnn_{k}"]
+        if self.bidirectional:
+          backward = kernel_lib.lstm(params["backward_rnn"]["cell"], jnp.flip(x, 1), carry)
+          x = jnp.concatenate([kernel_lib.lstm(params["forward_rnn"]["cell"], x, carry),
+                               jnp.flip(backward, 1)], axis=-1)
         else:
-          x = rnn(x, initial_carry=carry)
+          x = kernel_lib.lstm(params["cell"], x, carry)
+      else:
+        x = rnn(x, initial_carry=(carry, carry) if self.bidirectional else carry)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, name="head")

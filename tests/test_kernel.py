@@ -38,21 +38,27 @@ def two_models(**kw):
   return kernel, scan
 
 
-# (batch, time, features, hidden, layers, readout): 1 row; a batch that splits unevenly over
-# threads (kernel rows per thread >= 16); the tutorial's shape; two layers.
-CASES = [(1, 28, 28, 8, 1, "last"), (37, 5, 3, 12, 1, "mean"), (100, 28, 28, 256, 1, "last"),
-         (33, 9, 6, 16, 2, "last")]
+# (batch, time, features, hidden, layers, readout, bidirectional): 1 row; a batch that
+# splits unevenly over threads (kernel rows per thread >= 16); the tutorial's shape; two
+# layers; bidirectional (the `last` readout reads each direction's final output, the second
+# layer reads both directions).
+CASES = [(1, 28, 28, 8, 1, "last", False), (37, 5, 3, 12, 1, "mean", False),
+         (100, 28, 28, 256, 1, "last", False), (33, 9, 6, 16, 2, "last", False),
+         (37, 6, 5, 12, 1, "last", True), (20, 9, 6, 16, 2, "mean", True)]
 
 
 @needs_kernel
-@pytest.mark.parametrize("batch,time,features,hidden,layers,readout", CASES)
-def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, layers, readout):
-  kernel, scan = two_models(hidden_size=hidden, num_layers=layers, readout=readout)
+@pytest.mark.parametrize("batch,time,features,hidden,layers,readout,bidirectional", CASES)
+def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, layers, readout,
+                                              bidirectional):
+  kernel, scan = two_models(hidden_size=hidden, num_layers=layers, readout=readout,
+                            bidirectional=bidirectional)
   x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
   params = perturbed(models.init_params(scan, jax.random.key(1), x[:1]), 2)
   got = jax.jit(lambda p, x: kernel.apply({"params": p}, x))(params, x)
   via_scan = jax.jit(lambda p, x: scan.apply({"params": p}, x))(params, x)
-  want = reference.classifier_logits(jax.device_get(params), np.asarray(x), readout=readout)
+  want = reference.classifier_logits(jax.device_get(params), np.asarray(x), readout=readout,
+                                     bidirectional=bidirectional)
   # float32 against float64: the same 1e-5 as the scan's own test (test_numerics.py); the
   # kernel and the scan differ by summation order and tanh/exp ulps only.
   print(f"measured: kernel vs float64 {rel_err(got, want):.1e}, scan vs float64 "
@@ -104,9 +110,9 @@ def test_kernel_layer_with_a_given_carry_equals_nn_rnn():
 
 
 @needs_kernel
-def test_default_model_uses_the_kernel_and_bidirectional_the_scan():
-  """`auto` runs unidirectional LSTM layers on the kernel (no scan in the program) and
-  leaves bidirectional ones, and other cells, to nn.RNN."""
+def test_default_model_uses_the_kernel_and_other_cells_the_scan():
+  """`auto` runs LSTM layers, both directions of bidirectional ones, on the kernel (no
+  scan in the program) and leaves other cells to nn.RNN."""
   x = jnp.ones((2, 28, 28))
 
   def hlo(**kw):
@@ -116,7 +122,8 @@ def test_default_model_uses_the_kernel_and_bidirectional_the_scan():
 
   assert "rnnjax_lstm_infer" in hlo() and "while" not in hlo()
   assert "rnnjax_lstm" not in hlo(lstm_kernel="xla")
-  assert "rnnjax_lstm" not in hlo(bidirectional=True)
+  both_ways = hlo(bidirectional=True)
+  assert both_ways.count("rnnjax_lstm_infer") == 2 and "while" not in both_ways
   assert "rnnjax_lstm" not in hlo(cell="gru")
 
 
