@@ -490,8 +490,9 @@ class Worker:
       if not text:  # the process ended
         self.proc.wait()
         self.stderr.seek(0)
-        raise RuntimeError(f"{self.what} failed (exit {self.proc.returncode}):\n"
-                           f"{self.stderr.read()[-3000:]}")
+        tail = "\n".join(self.stderr.read().rstrip().splitlines()[-25:])
+        raise RuntimeError(f"{self.what} failed (exit {self.proc.returncode}); the end of "
+                           f"its output:\n{tail}")
       try:
         return json.loads(text)
       except ValueError:
@@ -619,7 +620,11 @@ def main(argv=None) -> int:
       env.pop("GLIBC_TUNABLES", None)
       if ALLOCATORS[alloc]:
         env["GLIBC_TUNABLES"] = ALLOCATORS[alloc]
-      measure(name, alloc, args, env)
+      try:
+        measure(name, alloc, args, env)
+      except RuntimeError as e:  # a measured process failed: say which, and its stderr
+        print(f"error: {e}", file=sys.stderr)
+        return 1
   return 0
 
 

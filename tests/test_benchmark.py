@@ -65,6 +65,15 @@ def test_measured_processes_take_turns():
 def test_a_failing_measured_process_says_why():
   with pytest.raises(RuntimeError, match=r"(?s)jax nosuch failed \(exit 2\).*unknown setting"):
     benchmark.Worker("jax", "nosuch", 0.05, dict(os.environ))
+  # From the command line: an `error:` line naming the process, then its stderr; exit 1 and
+  # no traceback of the driver's own (here JAX cannot start in the measured process).
+  r = subprocess.run([sys.executable, str(SCRIPT), "--settings", "eval128", "--windows", "1",
+                      "--window-seconds", "0.05"], capture_output=True, text=True, cwd=REPO,
+                     env={**os.environ, "JAX_PLATFORMS": "nosuchplatform"}, timeout=120)
+  assert r.returncode == 1 and r.stdout == ""
+  assert r.stderr.startswith("error: jax eval128 failed (exit 1); the end of its output:")
+  assert "Unable to initialize backend 'nosuchplatform'" in r.stderr
+  assert "in measure" not in r.stderr  # no frame of the driver's own
 
 
 def test_epoch_mode_as_json():
