@@ -14,10 +14,11 @@ one setting and one framework): warm-up, then `--windows` timed windows of about
 the median, min and max over windows. With `--compare-torch` the rnnjax and PyTorch
 processes of a setting are alive at once and take turns, window by window (the other one
 waits, idle), so that both see the same moods of the machine; the ratio printed is the
-median over the pairs of neighbouring windows of rnnjax's images/s over PyTorch's. rnnjax trains as its loop does: `steps_per_call` (10)
-steps per call of the jitted `train.jit_train_steps()`, on 10 different device-resident
-batches; PyTorch one step per Python iteration, as its training loops run. Also: the first
-call's time (compilation included; for rnnjax training, the call's 10 steps too),
+median over the pairs of neighbouring windows of rnnjax's images/s over PyTorch's. rnnjax
+trains as its loop does: `steps_per_call` (10) steps per call of the jitted
+`train.jit_train_steps()`, on 10 different device-resident batches; PyTorch one step per
+Python iteration, as its training loops run. Also: the first call's time (compilation
+included; for rnnjax training, the call's 10 steps too),
 the process's peak resident memory (CPU) or the device's peak bytes (GPU), the matmul FLOPs
 per image (counted from the LSTM equations: 2 FLOPs per multiply-add; training = 3x the
 forward pass) and the fraction of this machine's measured float32 matmul peak that the
@@ -291,8 +292,6 @@ def epoch_images(synthetic: bool, manual_dir: str | None):
 def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None,
                        windows: int = 5, window_seconds: float = 2.0,
                        steps_per_call: int | None = None) -> dict:
-  import tempfile
-
   import jax
   import numpy as np
   from rnnjax import config as config_lib
