@@ -534,6 +534,17 @@ def summarize(name: str, result: dict) -> dict:
 
 
 def main(argv=None) -> int:
+  """The command; an unexpected failure ends with one `error:` line naming the file that
+  holds its traceback, exit status 1 (a measured process's own failure is reported by the
+  driver, with its output)."""
+  try:
+    return benchmark_main(argv)
+  except Exception:  # noqa: BLE001 - the error boundary
+    from rnnjax import reporting
+    return reporting.unexpected_error("benchmark")
+
+
+def benchmark_main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--settings", default=",".join(SETTINGS),
                  help=f"comma-separated, from {', '.join(SETTINGS)}")

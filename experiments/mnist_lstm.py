@@ -32,7 +32,6 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +130,9 @@ def make_parser() -> argparse.ArgumentParser:
                  help="how LSTM layers run: auto (default: rnnjax's CPU kernel where it can "
                       "run, else the nn.RNN scan), cpu (the kernel, or an error) or xla (the "
                       "scan); same parameters and equations")
+  p.add_argument("--memory-limit", type=positive_float, metavar="GIB",
+                 help="refuse to start when the run's estimated memory exceeds this many GiB "
+                      "(default: the machine's memory)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--no-tensorboard", action="store_true",
                  help="do not write TensorBoard events into the workdir")
@@ -141,6 +143,8 @@ def make_parser() -> argparse.ArgumentParser:
   g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
   g.add_argument("--num-processes", type=positive_int)
   g.add_argument("--process-id", type=non_negative_int)
+  g.add_argument("--join-timeout", type=positive_float, default=120, metavar="SECONDS",
+                 help="how long to wait for every process to join before giving up")
   return p
 
 
@@ -165,32 +169,45 @@ def make_inspect_parser(command: str) -> argparse.ArgumentParser:
   return p
 
 
-def inspect_main(command: str, argv: list[str], preset: str = "default") -> int:
+def inspect_main(command: str, argv: list[str], preset: str = "default",
+                 state: dict | None = None) -> int:
   """`evaluate` and `predict`: read-only uses of a workdir."""
   parser = make_inspect_parser(command)
   parser.set_defaults(workdir=f"runs/{preset}")
   args = parser.parse_args(argv)
+  check_workdir_flag(parser, args.workdir)
   workdir = Path(args.workdir)
   if not workdir.is_dir():
     print(f"error: no workdir {workdir}; train first: python experiments/mnist_lstm.py "
           f"--workdir {workdir}", file=sys.stderr)
     return 1
+  from rnnjax import data, inference, parallel, reporting
+  try:
+    parallel.devices()  # JAX_PLATFORMS naming a platform this machine lacks
+  except parallel.ParallelError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 1
   terminal = library_output_to(workdir)
-  from rnnjax import data, inference, reporting
+  if state is not None and terminal is not sys.stderr:
+    state["log"] = workdir / "library.log"
   reporting.set_console(terminal)
   try:
     if command == "predict":
       images = inference.load_images(args.images)  # bad files fail before the restore
     run = inference.load_run(workdir, args.checkpoint)
     recorded = run.record or {}
-    print(f"checkpoint {run.step} ({args.checkpoint}) of {workdir}: {run.config.name} preset, "
+    print(f"checkpoint {run.step} ({run.which}) of {workdir}: {run.config.name} preset, "
           f"epoch {recorded.get('epoch', '?')}", flush=True)
+    from rnnjax import workdir as workdir_lib
+    history = workdir_lib.describe_configs(workdir)
+    if history:
+      print(f"trained under: {history} (configs.jsonl)")
     if command == "evaluate":
       return _evaluate(run, args, recorded)
     probs = inference.predict(run, images)
     for path, p in zip(args.images, probs):
       top = np.argsort(-p)[:args.top]
-      print(f"{path}: " + ", ".join(f"{k} ({100 * p[k]:.1f}%)" for k in top))
+      print(f"{reporting.shown(path)}: " + ", ".join(f"{k} ({100 * p[k]:.1f}%)" for k in top))
     return 0
   except (inference.InferenceError, data.DataError) as e:
     print(f"error: {e}", file=terminal)
@@ -238,7 +255,7 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
   overrides = {f: getattr(args, f) for f in fields}
   overrides.update({
       "checkpoint_every_steps": args.checkpoint_every, "steps_per_call": args.steps_per_call,
-      "lstm_kernel": args.lstm_kernel,
+      "lstm_kernel": args.lstm_kernel, "memory_limit_gib": args.memory_limit,
       "data_source": args.data_source, "data_dir": args.data_dir,
   })
   overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -272,19 +289,43 @@ def library_output_to(workdir: Path):
 
 def main(argv=None, preset: str = "default") -> int:
   """The command: `argv` None reads sys.argv (and restarts with the tuned allocator);
-  `preset` is the default of --preset (the experiments/<preset>.py scripts set it)."""
+  `preset` is the default of --preset (the experiments/<preset>.py scripts set it).
+
+  Every command ends an unexpected failure with one `error:` line naming it and the file
+  that holds its traceback (the workdir's library.log), exit status 1.
+  """
   command = argv is None  # run as a command, not called from Python
   argv = sys.argv[1:] if argv is None else list(argv)
-  if argv and argv[0] in ("evaluate", "predict"):
-    return inspect_main(argv[0], argv[1:], preset)
-  if argv and argv[0] == "train":
-    argv = argv[1:]
+  name = argv[0] if argv and argv[0] in ("evaluate", "predict", "train") else "train"
+  state = {"log": None}  # library.log, once the command has opened it
+  try:
+    if name in ("evaluate", "predict"):
+      return inspect_main(name, argv[1:], preset, state)
+    return train_main(argv[1:] if argv and argv[0] == "train" else argv, preset, command,
+                      state)
+  except Exception:  # noqa: BLE001 - the error boundary: one line, the traceback in a file
+    from rnnjax import parallel, reporting
+    if parallel.peer_lost(wait=5):  # a collective failed first: the watch says why, exits
+      return 1
+    return reporting.unexpected_error(name, state["log"])
+
+
+def check_workdir_flag(parser, workdir: str | None) -> None:
+  if workdir is not None and not workdir.strip():
+    parser.error("--workdir is empty (an unset shell variable?); give a folder, or leave the "
+                 "flag out for the default")
+
+
+def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
   parser = make_parser()
   parser.set_defaults(preset=preset)
   args = parser.parse_args(argv)
+  check_workdir_flag(parser, args.workdir)
   args.workdir = args.workdir or f"runs/{args.preset}"
+  from rnnjax import resources  # light: the standard library only
   try:
     config = build_config(args)
+    resources.check_memory(config)  # before any allocation, not toward the OOM killer
   except ValueError as e:  # a value or combination argparse cannot check on its own
     parser.error(str(e))  # usage, the message, exit status 2
   if command:  # restart with the tuned allocator (rnnjax/allocator.py)
@@ -295,12 +336,24 @@ def main(argv=None, preset: str = "default") -> int:
 
   # Imported after parsing, so that --help and usage errors are instant.
   from rnnjax import checkpointing, data, parallel, reporting, train
+  terminal = sys.stderr
   try:
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                        timeout=args.join_timeout)
   except parallel.ParallelError as e:
     parser.error(str(e))
+  except parallel.JoinFailed as e:
+    print(f"error: {e}", file=terminal, flush=True)
+    return 1
+  try:
+    devices = parallel.devices()  # JAX_PLATFORMS naming a platform this machine lacks
+  except parallel.ParallelError as e:
+    print(f"error: {e}", file=terminal, flush=True)
+    return 1
   main_process = parallel.is_main_process()
   terminal = library_output_to(Path(args.workdir))
+  if terminal is not sys.stderr:
+    state["log"] = Path(args.workdir) / "library.log"
   reporting.set_console(terminal)
   if not main_process:  # process 0 speaks for the run; the others report only errors
     sys.stdout = open(os.devnull, "w")
@@ -308,7 +361,6 @@ def main(argv=None, preset: str = "default") -> int:
   import jax
 
   from rnnjax import lstm_kernel
-  devices = jax.devices()
   try:
     layers = lstm_kernel.describe(config)
   except lstm_kernel.KernelUnavailable as e:
@@ -322,20 +374,22 @@ def main(argv=None, preset: str = "default") -> int:
   try:
     _, history = train.train_and_evaluate(config, args.workdir)
   except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
-          train.TrainingDiverged, parallel.ParallelError,
+          train.TrainingDiverged, parallel.ParallelError, resources.ResourceError,
           lstm_kernel.KernelUnavailable) as e:
     print(f"error: {e}", file=terminal)
+    parallel.finish(error=str(e))
     return 1
   except train.Preempted as e:
     print(f"{e}", file=terminal)
+    return 128 + e.signum
+  except train.Interrupted as e:
+    print(f"\n{e}", file=terminal)
     return 128 + e.signum
   except KeyboardInterrupt:
     print(f"\ninterrupted; rerun the same command to resume from the last checkpoint in "
           f"{args.workdir}", file=terminal)
     return 130
-  except Exception:  # a bug, not a user mistake: the whole story, where the user looks
-    traceback.print_exc(file=terminal)
-    return 1
+  parallel.finish()
   if history:
     last = history[-1]
     epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")

@@ -36,6 +36,8 @@ class Checkpointer:
     be writing at the same time: no saves, deletions, or clean-up of the run's unfinished
     (temporary) checkpoint folders."""
     self.directory = Path(directory).absolute()
+    self.read_only = read_only
+    self.unreadable: list[int] = []
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(keep),
         policies.BestN(get_metric_fn=_test_accuracy, reverse=False, n=1,
@@ -75,38 +77,53 @@ class Checkpointer:
           "some space (or use another --workdir), then rerun the same command to resume."
       ) from e
 
-  def restore(self, abstract_state, step: int | None = None):
-    """Restores `step` (default: the newest readable one) onto `abstract_state`'s structure.
+  def restore(self, abstract_state, step: int | None = None, fallback: bool = False):
+    """Restores a checkpoint onto `abstract_state`'s structure.
+
+    `step` None: the newest readable checkpoint. A `step` given: that one, and with
+    `fallback` the others after it, newest first, when it cannot be read (readers asking
+    for `best` or `latest`). A checkpoint whose files or record (`check_meta`) are damaged
+    is named in a warning and skipped; `unreadable` then lists what was skipped.
 
     Returns:
-      (state, meta, step), or None when there is no checkpoint. When the newest checkpoint
-      cannot be read, warns, names it, and falls back to the next older one.
+      (state, meta, step), or None when there is no checkpoint.
     """
-    candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
-    unreadable = []
+    available = sorted(self.steps(), reverse=True)
+    if step is None:
+      candidates = available
+    else:
+      candidates = [step] + ([s for s in available if s != step] if fallback else [])
+    self.unreadable = []
     for s in candidates:
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        meta = check_meta(restored["meta"])
       except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
         if self._holds_other_shapes(s, abstract_state):
           raise CheckpointError(
               f"checkpoint {self.directory / str(s)} does not fit this config's model or "
               f"optimizer ({type(e).__name__}: {_first_line(e)}). Use a new "
               "--workdir for a different model, or the config that made this one.") from None
-        logging.warning("checkpoint %s is unreadable (%s: %s); falling back to an older one",
+        logging.warning("checkpoint %s is unreadable (%s: %s); trying the next one",
                         self.directory / str(s), type(e).__name__, _first_line(e))
+        more = "trying the next one" if s != candidates[-1] else "no other checkpoint to try"
         print(f"warning: checkpoint {self.directory / str(s)} is unreadable "
-              f"({type(e).__name__}); trying an older one.", flush=True)
-        unreadable.append(s)
+              f"({type(e).__name__}: {_first_line(e)[:120]}); {more}.", flush=True)
+        self.unreadable.append(s)
         continue
-      if unreadable and step is None:
-        self._set_aside(unreadable)
-      return restored["state"], dict(restored["meta"]), s
+      if self.unreadable and step is None and not self.read_only:
+        self._set_aside(self.unreadable)
+      return restored["state"], meta, s
     if candidates:
+      others = [s for s in available if s not in candidates]
       raise CheckpointError(
-          f"no checkpoint under {self.directory} could be read. Move the folder away to "
-          "start afresh, or restore it from a backup.")
+          f"none of the checkpoints tried under {self.directory} could be read (steps "
+          f"{', '.join(map(str, candidates))})"
+          + (f"; the others ({', '.join(map(str, others))}) may be: ask for one with "
+             "--checkpoint STEP." if others else
+             ". Restore them from a backup; to start afresh instead, move the folder away "
+             f"(mv {self.directory} {self.directory}.damaged)."))
     return None
 
   def _holds_other_shapes(self, step: int, abstract_state) -> bool:
@@ -137,6 +154,31 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def check_meta(meta) -> dict[str, Any]:
+  """The checkpoint's record as a dict, checked: `epoch` (finished epochs, an int >= 0),
+  `history` (one dict per finished epoch), and, mid-epoch, `epoch_step` (int >= 0) and
+  `partial` (the epoch's running totals). ValueError names what is malformed."""
+  meta = dict(meta) if hasattr(meta, "keys") else meta
+  if not isinstance(meta, dict):
+    raise ValueError(f"the record is {type(meta).__name__}, not an object")
+  epoch, history = meta.get("epoch"), meta.get("history")
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+  if not is_int(epoch):
+    raise ValueError(f"its record's epoch is {epoch!r}, not an integer >= 0")
+  if not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+    raise ValueError("its record has no history (a list with one object per epoch)")
+  if len(history) != epoch:
+    raise ValueError(f"its record's history has {len(history)} epochs, its epoch says {epoch}")
+  if not is_int(meta.get("epoch_step", 0)):
+    raise ValueError(f"its record's epoch_step is {meta.get('epoch_step')!r}")
+  partial = meta.get("partial")
+  if partial is not None and not (isinstance(partial, dict) and all(
+      isinstance(partial.get(k), (int, float)) for k in ("loss_sum", "correct", "count",
+                                                          "seconds"))):
+    raise ValueError("its record's running totals (partial) are malformed")
+  return meta
 
 
 def _first_line(e: Exception) -> str:

@@ -27,6 +27,12 @@ SHAPE_FIELDS = ("task", "cell", "hidden_size", "num_layers", "bidirectional", "n
                 "optimizer")
 
 TRAIN_EXAMPLES = 60000  # every dataset rnnjax reads has 60,000 training images
+TEST_EXAMPLES = 10000   # and 10,000 test images
+# Every epoch's record is kept in metrics.jsonl and in every checkpoint's record, and the
+# global step is an int32 on the device: bounds that keep both sane.
+MAX_EPOCHS = 10000
+MAX_STEPS = 2**31 - 1
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 DATA_SOURCES = ("auto", "tfds", "idx")
 LSTM_KERNELS = ("auto", "cpu", "xla")  # how LSTM layers run: rnnjax/lstm_kernel.py
 SCHEDULES = ("constant", "cosine")
@@ -104,6 +110,8 @@ class Config:
     tensorboard: write TensorBoard events (scalars per epoch, hyperparameters) into the
       workdir.
     plots: write curves.png and confusion_matrix.png into the workdir after every epoch.
+    memory_limit_gib: refuse to start when the estimated memory of the run
+      (`rnnjax.resources.estimate`) exceeds this many GiB; None: the machine's memory.
   """
 
   name: str = "default"
@@ -140,6 +148,7 @@ class Config:
   progress: bool = True
   tensorboard: bool = True
   plots: bool = True
+  memory_limit_gib: float | None = None
 
   def __post_init__(self):
     errors = validate(self)
@@ -166,31 +175,69 @@ class Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Config":
+    """The config a stored dict describes (unknown keys ignored); ValueError when `d` is
+    not a dict or its values are invalid."""
+    if not isinstance(d, dict):
+      raise ValueError(f"a config is a JSON object of fields, got {type(d).__name__} {d!r:.40}")
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def validate(c: Config) -> list[str]:
-  """Returns what is wrong with `c`, one message per problem (empty when valid)."""
+  """Returns what is wrong with `c`, one message per problem (empty when valid).
+
+  Numbers are checked against what they will meet: batch sizes against the splits every
+  dataset has, epochs against what the step counter and the records hold, every float
+  finite.
+  """
   errors = []
   for field in ("hidden_size", "num_layers", "num_classes", "batch_size", "eval_batch_size",
                 "epochs", "keep_checkpoints", "steps_per_call"):
     value = getattr(c, field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
       errors.append(f"{field} must be a positive integer, got {value!r}")
-  if not c.learning_rate > 0:
-    errors.append(f"learning_rate must be > 0, got {c.learning_rate!r}")
-  if (not isinstance(c.checkpoint_every_steps, int) or isinstance(c.checkpoint_every_steps, bool)
-      or c.checkpoint_every_steps < 0):
+  if _is_int(c.batch_size) and c.batch_size > TRAIN_EXAMPLES:
+    errors.append(f"batch_size {c.batch_size} exceeds the {TRAIN_EXAMPLES:,} training images "
+                  f"of every dataset; use at most {TRAIN_EXAMPLES}")
+  if _is_int(c.eval_batch_size) and c.eval_batch_size > TEST_EXAMPLES:
+    errors.append(f"eval_batch_size {c.eval_batch_size} exceeds the {TEST_EXAMPLES:,} test "
+                  f"images (the rest would be padding); use at most {TEST_EXAMPLES}")
+  if _is_int(c.epochs) and c.epochs > MAX_EPOCHS:
+    errors.append(f"epochs must be at most {MAX_EPOCHS:,} (each epoch's record is kept in "
+                  f"every checkpoint), got {c.epochs}")
+  elif (_is_int(c.epochs) and _is_int(c.batch_size) and c.batch_size >= 1
+        and c.total_steps > MAX_STEPS):
+    errors.append(f"epochs {c.epochs} at batch_size {c.batch_size} make {c.total_steps:,} "
+                  f"steps, more than the step counter holds ({MAX_STEPS:,}); use fewer "
+                  "epochs or a larger batch")
+  if not (_is_finite(c.learning_rate) and c.learning_rate > 0):
+    errors.append(f"learning_rate must be a finite number > 0, got {c.learning_rate!r}")
+  if not _is_int(c.checkpoint_every_steps) or c.checkpoint_every_steps < 0:
     errors.append(f"checkpoint_every_steps must be an integer >= 0, got "
                   f"{c.checkpoint_every_steps!r}")
   for field in ("warmup_epochs", "grad_clip_norm", "weight_decay"):
-    if not getattr(c, field) >= 0:
-      errors.append(f"{field} must be >= 0, got {getattr(c, field)!r}")
-  if (not isinstance(c.augment_shift, int) or isinstance(c.augment_shift, bool)
-      or not 0 <= c.augment_shift <= 13):
+    value = getattr(c, field)
+    if not (_is_finite(value) and value >= 0):
+      errors.append(f"{field} must be a finite number >= 0, got {value!r}")
+  if (_is_finite(c.warmup_epochs) and _is_int(c.epochs) and c.schedule == "cosine"
+      and c.warmup_epochs > c.epochs):
+    errors.append(f"warmup_epochs {c.warmup_epochs} is longer than the run ({c.epochs} "
+                  "epochs)")
+  if _is_finite(c.weight_decay) and c.weight_decay > 0 and c.optimizer != "adamw":
+    errors.append(f"weight_decay is used by optimizer 'adamw' only (optimizer is "
+                  f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
+  if not _is_int(c.augment_shift) or not 0 <= c.augment_shift <= 13:
     errors.append(f"augment_shift must be an integer in [0, 13], got {c.augment_shift!r}")
-  if not 0 <= c.final_lr_fraction <= 1:
+  if not (_is_finite(c.final_lr_fraction) and 0 <= c.final_lr_fraction <= 1):
     errors.append(f"final_lr_fraction must be in [0, 1], got {c.final_lr_fraction!r}")
   if c.schedule not in SCHEDULES:
     errors.append(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
@@ -206,16 +253,20 @@ def validate(c: Config) -> list[str]:
       errors.append(f"{field} must be one of {allowed}, got {getattr(c, field)!r}")
   if not isinstance(c.bidirectional, bool):
     errors.append(f"bidirectional must be True or False, got {c.bidirectional!r}")
-  if not (isinstance(c.dropout, (int, float)) and 0 <= c.dropout < 1):
+  if not (_is_finite(c.dropout) and 0 <= c.dropout < 1):
     errors.append(f"dropout must be in [0, 1), got {c.dropout!r}")
-  if not (isinstance(c.forget_bias, (int, float)) and math.isfinite(c.forget_bias)):
+  if not _is_finite(c.forget_bias):
     errors.append(f"forget_bias must be a finite number, got {c.forget_bias!r}")
   elif c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
     errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
                   "leave it at 0")
-  if (not isinstance(c.permutation_seed, int) or isinstance(c.permutation_seed, bool)
-      or c.permutation_seed < 0):
-    errors.append(f"permutation_seed must be an integer >= 0, got {c.permutation_seed!r}")
+  for field in ("permutation_seed", "seed"):
+    value = getattr(c, field)
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+      errors.append(f"{field} must be an integer in [0, 2**63 - 1], got {value!r}")
+  if c.memory_limit_gib is not None and not (_is_finite(c.memory_limit_gib)
+                                             and c.memory_limit_gib > 0):
+    errors.append(f"memory_limit_gib must be a finite number > 0, got {c.memory_limit_gib!r}")
   return errors
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rnnjax import checkpointing, data, steps
+from rnnjax import checkpointing, data, reporting, steps
 from rnnjax.config import Config
 
 SIDE = 28  # MNIST images are 28 x 28
@@ -41,23 +41,27 @@ class Run:
   which: str
   record: dict[str, Any] | None  # the metrics.jsonl line of that checkpoint's epoch
   task: data.Task = dataclasses.field(default_factory=data.Task)
+  skipped: list[int] = dataclasses.field(default_factory=list)  # unreadable, tried first
 
 
 def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
   """Restores the `best` (by test accuracy) or `latest` checkpoint of `workdir`.
 
-  `which` may also be a step number (as in checkpoints/<step>).
+  `which` may also be a step number (as in checkpoints/<step>). When the `best` or `latest`
+  one cannot be read, the others are tried, newest first, as training does; `Run.which`
+  then says which was used and `Run.skipped` which were unreadable. A step asked for by
+  number is that one or an error.
   """
+  from rnnjax import workdir as workdir_lib
   workdir = Path(workdir)
-  stored = workdir / "config.json"
-  if not stored.is_file():
+  if not (workdir / workdir_lib.CONFIG_FILE).is_file():
     raise InferenceError(
         f"{workdir} holds no run (no config.json). Train one first: python "
         f"experiments/mnist_lstm.py --workdir {workdir}")
   try:
-    config = Config.from_dict(json.loads(stored.read_text()))
-  except (OSError, ValueError, TypeError) as e:
-    raise InferenceError(f"{stored} is unreadable or invalid ({e}).") from None
+    config = workdir_lib.current_config(workdir)
+  except workdir_lib.WorkdirError as e:
+    raise InferenceError(str(e)) from None
   if config.lstm_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
     config = config.replace(lstm_kernel="auto")
   from rnnjax import train  # the loop's own reading of the workdir's task
@@ -69,7 +73,8 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     raise InferenceError(f"{workdir} lacks {train.PERMUTATION_FILE}, the pixel order its "
                          "permuted-task checkpoints were trained with.")
   if not (workdir / "checkpoints").is_dir():
-    raise InferenceError(f"{workdir} has no checkpoints/ yet: let the run finish an epoch.")
+    raise InferenceError(f"{workdir} has no checkpoints/ folder yet: let the run finish an "
+                         "epoch.")
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                                     read_only=True)  # the run may be writing beside us
   try:
@@ -91,14 +96,17 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
         raise InferenceError(f"no checkpoint {step} in {workdir / 'checkpoints'}; there are: "
                              f"{', '.join(map(str, available))}")
     abstract = jax.eval_shape(lambda: steps.create_train_state(config, jax.random.key(0)))
-    restored = ckpt.restore(abstract, step=step)
+    restored = ckpt.restore(abstract, step=step, fallback=which in ("best", "latest"))
+    skipped = list(ckpt.unreadable)
   except checkpointing.CheckpointError as e:
     raise InferenceError(str(e)) from None
   finally:
     ckpt.close()
-  state, meta, step = restored
-  record = next((r for r in meta.get("history", []) if r.get("step") == step), None)
-  return Run(workdir, config, state, step, which, record, task)
+  state, meta, used = restored
+  if used != step:
+    which = f"{used}, the newest readable one, in place of {which} ({step}, unreadable)"
+  record = next((r for r in meta.get("history", []) if r.get("step") == used), None)
+  return Run(workdir, config, state, used, which, record, task, skipped)
 
 
 def evaluate_run(run: Run, test: data.Split | None = None,
@@ -138,35 +146,112 @@ def load_images(paths: Sequence[str | os.PathLike]) -> np.ndarray:
                                                                          np.uint8)
 
 
+MAX_PIXELS = 50_000_000  # a 48-megapixel phone photo fits; a decompression bomb does not
+WORK_SIDE = 1024  # larger images are reduced to about this before the float work
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-  """One image file as an MNIST-like `<uint8>[28, 28]`; InferenceError names a bad file."""
-  from PIL import Image, UnidentifiedImageError
+  """One image file as an MNIST-like `<uint8>[28, 28]`; InferenceError names a bad file.
+
+  Read as devices write images: only regular files (a FIFO or a device would block or never
+  end); the size the header declares is checked against `MAX_PIXELS` before decoding; the
+  EXIF orientation of phone photos is applied; 16-bit and floating-point images keep their
+  range; transparency is composited (`_to_gray`). Then `to_mnist`.
+  """
+  from PIL import Image, ImageOps, UnidentifiedImageError
+  import stat
   path = Path(path)
+  name = reporting.shown(path)
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    raise InferenceError(f"{name}: no such file") from None
+  except OSError as e:
+    raise InferenceError(f"{name}: cannot be read ({e.strerror})") from None
+  if stat.S_ISDIR(mode):
+    raise InferenceError(f"{name}: is a folder, not an image file")
+  if not stat.S_ISREG(mode):
+    raise InferenceError(f"{name}: not a regular file (a pipe, socket or device); save the "
+                         "image to a file first")
   try:
     with Image.open(path) as im:
+      w, h = im.size
+      if w * h > MAX_PIXELS:
+        raise InferenceError(
+            f"{name}: declares {w:,} x {h:,} pixels ({w * h / 1e6:,.0f} megapixels), more "
+            f"than the {MAX_PIXELS / 1e6:.0f} megapixels rnnjax reads; scale it down first")
+      if im.format == "JPEG":  # decode at a reduced scale: fast, and far less memory
+        im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
       im.load()
-      gray = np.asarray(_flatten_alpha(im).convert("L"), np.float64) / 255.0
-  except FileNotFoundError:
-    raise InferenceError(f"{path}: no such file") from None
-  except IsADirectoryError:
-    raise InferenceError(f"{path}: is a folder, not an image file") from None
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise InferenceError(f"{path}: not a readable image (PNG or JPEG expected): "
+      im = ImageOps.exif_transpose(im)
+      if max(im.size) > 2 * WORK_SIDE:
+        im = im.reduce(max(im.size) // WORK_SIDE)
+      gray = _to_gray(im)
+  except InferenceError:
+    raise
+  except Image.DecompressionBombError as e:  # Pillow's own, larger bound, met at open
+    raise InferenceError(f"{name}: declares more than the {MAX_PIXELS / 1e6:.0f} megapixels "
+                         f"rnnjax reads ({e}); scale it down first") from None
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+    raise InferenceError(f"{name}: not a readable image (PNG or JPEG expected): "
                          f"{type(e).__name__}") from None
   try:
     return to_mnist(gray)
   except ValueError as e:
-    raise InferenceError(f"{path}: {e}") from None
+    raise InferenceError(f"{name}: {e}") from None
 
 
-def _flatten_alpha(im):
-  """Transparent pixels become white (a digit drawn on a transparent canvas)."""
-  from PIL import Image
-  if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-    rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba)
-  return im
+def _to_gray(im) -> np.ndarray:
+  """A Pillow image of any mode -> `<float64>[h, w]` in [0, 1].
+
+  16-bit (`I;16`, `I`) and floating-point (`F`) images are scaled by the range their type
+  holds (a float image already in [0, 1] stays there), not clipped to 8 bits. With
+  transparency, the pixels are composited over the background the digit implies: the
+  opposite of the ink's (the opaque pixels') mean brightness, so a white digit on a
+  transparent canvas reads as well as a black one. An alpha that is the same everywhere is
+  ignored.
+  """
+  if im.mode == "P":
+    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+  alpha = None
+  if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    a = np.asarray(im.getchannel("A"), np.float64) / 255.0
+    if a.max() > a.min():
+      alpha = a
+    im = im.convert("RGB" if im.mode.startswith("RGB") else "L")
+  if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    g = np.asarray(im, np.float64)
+    if im.mode == "F":
+      lo, hi = (0.0, 1.0) if g.min() >= 0 and g.max() <= 1 else (g.min(), g.max())
+    else:
+      lo, hi = 0.0, (255.0 if g.max() <= 255 else 65535.0)
+    g = np.clip((g - lo) / max(hi - lo, 1e-12), 0, 1)
+  else:
+    g = np.asarray(im.convert("L"), np.float64) / 255.0
+  if alpha is not None:
+    ink = float((g * alpha).sum() / max(alpha.sum(), 1e-12))
+    background = 0.0 if ink > 0.5 else 1.0
+    g = alpha * g + (1 - alpha) * background
+  return g
+
+
+def blank_reason(g: np.ndarray) -> str | None:
+  """Why the grayscale image `g` (ink light, background dark, in [0, 1]) holds no digit,
+  or None when it holds one. One test for every size:
+
+  - contrast: the brightest pixel is less than 0.05 above the background (the median);
+  - specks: the ink (pixels at least halfway from the background to the brightest) spans
+    fewer than max(3, longer side / 20) pixels, or fills under 0.5% of its bounding box
+    (a few scattered specks of noise or dust).
+  """
+  background, top = float(np.median(g)), float(g.max())
+  if top - background < 0.05:
+    return "the image is blank (no contrast)"
+  rows, cols = np.nonzero(g >= background + 0.5 * (top - background))
+  h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+  if max(h, w) < max(3, max(g.shape) / 20) or len(rows) < 0.005 * h * w:
+    return "only specks of noise, no stroke of a digit"
+  return None
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
@@ -174,8 +259,10 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
   1. Polarity: MNIST digits are light on black. When the image's border is mostly light
      (dark-on-light, as drawn on paper), it is inverted.
-  2. A 28 x 28 image is taken as already MNIST-shaped (only step 1 applies).
-  3. Otherwise: contrast stretched to [0, 1], faint background (< 10%) cleared, cropped to
+  2. An image with no digit is refused (`blank_reason`: the same test at every size).
+  3. A 28 x 28 image on a black background (median < 0.1) is taken as already MNIST-shaped
+     (only step 1 applies).
+  4. Otherwise: contrast stretched to [0, 1], faint background (< 10%) cleared, cropped to
      the ink's bounding box, resized so its longer side is 20 pixels (aspect kept), and
      placed in a 28 x 28 black frame with its centre of mass at the centre, as MNIST was
      made (LeCun et al.).
@@ -184,14 +271,17 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
   g = np.asarray(gray, np.float64)
   if g.ndim != 2 or min(g.shape) < 1:
     raise ValueError(f"expected a 2-D grayscale image, got shape {g.shape}")
+  if not np.isfinite(g).all():
+    raise ValueError("the image holds values that are not finite numbers")
   border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
   if np.median(border) > 0.5:
     g = 1.0 - g
-  if g.shape == (SIDE, SIDE):
+  reason = blank_reason(g)
+  if reason:
+    raise ValueError(f"no digit found: {reason}")
+  if g.shape == (SIDE, SIDE) and np.median(g) < 0.1:
     return np.round(np.clip(g, 0, 1) * 255).astype(np.uint8)
   lo, hi = float(g.min()), float(g.max())
-  if hi - lo < 0.05:
-    raise ValueError("no digit found: the image is blank (no contrast)")
   g = (g - lo) / (hi - lo)
   g[g < 0.1] = 0.0
   rows, cols = np.nonzero(g)

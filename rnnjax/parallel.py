@@ -22,6 +22,10 @@ the global array.
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -38,13 +42,23 @@ class ParallelError(Exception):
   """The device or process setup cannot run this config; the message says what to change."""
 
 
+class JoinFailed(Exception):
+  """Not every process of a multi-process run joined in time; the message names them."""
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, timeout: float = 300) -> bool:
   """Joins a multi-process run through `jax.distributed.initialize`, before any JAX work.
 
   Arguments default to $RNNJAX_COORDINATOR (host:port of process 0), $RNNJAX_NUM_PROCESSES
   and $RNNJAX_PROCESS_ID. Nothing given: a single-process run (returns False). On CPUs the
   processes talk through gloo.
+
+  Before JAX's own start, the processes meet on the next port (PORT + 1) of process 0
+  (`Watch`): process 0 waits up to `timeout` seconds for every other process and names those
+  that did not come (JoinFailed; JAX itself would abort the process without a word). The
+  connections stay open for the run, so that the loss of any process ends the others at
+  once with one line instead of a collective's traceback and an abort.
   """
   coordinator = coordinator or os.environ.get(ENV["coordinator"]) or None
   if num_processes is None and os.environ.get(ENV["num_processes"]):
@@ -64,14 +78,165 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise ParallelError(f"process id {process_id} is not in [0, {num_processes})")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   host, _, port = coordinator.rpartition(":")
-  if not host or not port.isdigit():
-    raise ParallelError(f"coordinator address must be HOST:PORT, got {coordinator!r}")
+  if not host or not port.isdigit() or not 0 < int(port) < 65535:
+    raise ParallelError(f"coordinator address must be HOST:PORT (a port below 65535), got "
+                        f"{coordinator!r}")
   # JAX's coordinator listens on every interface by default; a loopback coordinator (one
   # machine, as in the tests) listens on loopback only.
-  bind = coordinator if host in ("127.0.0.1", "localhost", "[::1]") else None
+  loopback = host in ("127.0.0.1", "localhost", "[::1]")
+  bind = coordinator if loopback else None
+  global _watch
+  if num_processes > 1:
+    _watch = Watch(host.strip("[]"), int(port) + 1, num_processes, process_id, loopback)
+    _watch.join(timeout)
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id, coordinator_bind_address=bind)
+                             process_id=process_id, coordinator_bind_address=bind,
+                             initialization_timeout=max(30, int(timeout)))
+  if _watch is not None:
+    _watch.start()
   return True
+
+
+_watch = None
+
+
+class Watch:
+  """The processes' own meeting point and liveness channel, beside JAX's coordinator.
+
+  Process 0 listens on `port`; every other process connects and says its id. After the
+  meeting, one thread per connection waits for the other side's last word: `done` (it
+  finished), `error TEXT` (it stopped with that error), or nothing at all (the connection
+  closed: killed, crashed, its machine gone). Anything but `done` ends this process at once
+  with one line and exit status 1; its last good checkpoint is on disk (saves are atomic).
+  """
+
+  def __init__(self, host: str, port: int, n: int, me: int, loopback: bool):
+    self.host, self.port, self.n, self.me, self.loopback = host, port, n, me, loopback
+    self.peers: dict[int, Any] = {}  # id -> socket
+    self.finished = False
+    self.lost = threading.Event()
+
+  def join(self, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if self.me == 0:
+      server = socket.create_server(("127.0.0.1" if self.loopback else "", self.port))
+      say(f"waiting for {self.n - 1} more process(es) at {self.host}:{self.port - 1} "
+          f"(up to {timeout:.0f} s)")
+      try:
+        while len(self.peers) < self.n - 1:
+          left = deadline - time.monotonic()
+          if left <= 0:
+            raise JoinFailed(self._missing(timeout))
+          server.settimeout(left)
+          try:
+            conn, _ = server.accept()
+          except socket.timeout:
+            continue
+          conn.settimeout(max(1.0, deadline - time.monotonic()))
+          try:
+            k = int(conn.makefile().readline().strip())
+          except (OSError, ValueError):
+            conn.close()
+            continue
+          self.peers[k] = conn
+        for conn in self.peers.values():
+          conn.sendall(b"go\n")
+          conn.settimeout(None)
+      finally:
+        server.close()
+      return
+    while True:  # the other processes: reach process 0, say who we are, wait for "go"
+      try:
+        conn = socket.create_connection((self.host, self.port), timeout=2)
+        break
+      except OSError:
+        if time.monotonic() > deadline:
+          raise JoinFailed(
+              f"could not reach process 0 at {self.host}:{self.port - 1} (its meeting port "
+              f"{self.port}) within {timeout:.0f} s. Start process 0 (--process-id 0) with "
+              "the same command, or check --coordinator.") from None
+        time.sleep(0.5)
+    conn.sendall(f"{self.me}\n".encode())
+    conn.settimeout(max(1.0, deadline - time.monotonic()))
+    try:
+      ok = conn.makefile().readline().strip() == "go"
+    except OSError:
+      ok = False
+    if not ok:
+      raise JoinFailed(f"process 0 at {self.host}:{self.port - 1} did not start the run within "
+                       f"{timeout:.0f} s (some other process did not join; its terminal says "
+                       "which).")
+    conn.settimeout(None)
+    self.peers[0] = conn
+
+  def _missing(self, timeout: float) -> str:
+    missing = [k for k in range(1, self.n) if k not in self.peers]
+    names = ", ".join(map(str, missing))
+    return (f"process(es) {names} of {self.n} did not join the run at "
+            f"{self.host}:{self.port - 1} within {timeout:.0f} s. Start each with the same "
+            "command and its own --process-id, or raise --join-timeout.")
+
+  def start(self) -> None:
+    for k, conn in self.peers.items():
+      threading.Thread(target=self._watch, args=(k, conn), daemon=True,
+                       name=f"rnnjax-watch-{k}").start()
+
+  def _watch(self, k: int, conn) -> None:
+    try:
+      word = conn.makefile(errors="replace").readline().strip()
+    except OSError:
+      word = ""
+    if word == "done" or self.finished:
+      return
+    self.lost.set()
+    why = (f"stopped with an error: {word[6:]}" if word.startswith("error ") else
+           "is gone (its connection closed without a word: killed, crashed, or its machine "
+           "lost)")
+    from rnnjax import reporting
+    try:
+      sys.stdout.flush()
+      print(f"error: process {k} of this run {why}; process {self.me} stops too. Its last "
+            "checkpoint is intact: rerun the same command in every process to resume.",
+            file=reporting.console(), flush=True)
+    finally:
+      os._exit(1)  # a collective would wait for the lost process, then JAX would abort
+
+  def finish(self, error: str | None = None) -> None:
+    self.finished = True
+    word = ("error " + " ".join(error.split())[:500]) if error else "done"
+    for conn in self.peers.values():
+      try:
+        conn.sendall(f"{word}\n".encode())
+      except OSError:
+        pass
+
+
+def finish(error: str | None = None) -> None:
+  """Tells the other processes that this one finished (or stopped with `error`)."""
+  if _watch is not None:
+    _watch.finish(error)
+
+
+def peer_lost(wait: float = 0.0) -> bool:
+  """Whether another process of this run was lost (waits up to `wait` seconds to know)."""
+  return _watch is not None and _watch.lost.wait(wait)
+
+
+def devices() -> list:
+  """`jax.devices()`, or ParallelError saying that JAX could not start the platform asked
+  for (JAX_PLATFORMS naming one this machine lacks, say)."""
+  try:
+    return jax.devices()
+  except (RuntimeError, AssertionError) as e:
+    asked = os.environ.get("JAX_PLATFORMS") or getattr(jax.config, "jax_platforms", None)
+    lines = str(e).strip().splitlines()
+    why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    raise ParallelError(
+        f"JAX could not start " + (f"the platform JAX_PLATFORMS={asked!r} asks for" if asked
+                                   else "a backend") + f" ({why}). Unset JAX_PLATFORMS (or "
+        "set it to cpu) to run on the CPU, or install JAX for that platform (for NVIDIA "
+        "GPUs: pip install -U 'jax[cuda13]').") from None
 
 
 def _int_env(key: str) -> int:

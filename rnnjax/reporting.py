@@ -109,3 +109,40 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
   if not Path(path).exists():
     return []
   return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def shown(path) -> str:
+  """A path as text any terminal can print (bytes that are not UTF-8 become U+FFFD)."""
+  return os.fsencode(path).decode("utf-8", "replace")
+
+
+def unexpected_error(command: str, log_path: Path | None = None) -> int:
+  """The error boundary of a command, called in its `except Exception:` block.
+
+  Writes the traceback to `log_path` (the workdir's library.log) or, without one, to a new
+  file in the temporary folder, prints one `error:` line to the console naming what failed
+  and where the traceback is, and returns the exit status, 1. A bug, or a case rnnjax does
+  not handle yet, so never an empty terminal and never a wall of frames.
+  """
+  import tempfile
+  import traceback
+  exc = sys.exc_info()[1]
+  text = f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {command}: unexpected error\n"
+  text += traceback.format_exc()
+  where = None
+  fallback = Path(tempfile.gettempdir()) / f"rnnjax-{command}-{os.getpid()}.log"
+  for candidate in ([Path(log_path)] if log_path else []) + [fallback]:
+    try:
+      with open(candidate, "a") as f:
+        f.write(text)
+      where = candidate
+      break
+    except OSError:
+      continue
+  lines = str(exc).strip().splitlines()
+  what = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+  told = (f"the full traceback is in {shown(where)}" if where else
+          "the traceback could not be written anywhere")
+  print(f"error: {command} failed unexpectedly ({what}); {told}. Please report it with that "
+        "file.", file=console(), flush=True)
+  return 1

@@ -20,45 +20,18 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rnnjax import (checkpointing, data, lstm_kernel, parallel, plots, reporting, steps,
-                    tensorboard)
-from rnnjax.config import Config, shape_differences
-
-
-class WorkdirError(Exception):
-  """The workdir cannot be used as asked; the message says what to do."""
+from rnnjax import (checkpointing, data, lstm_kernel, parallel, plots, reporting, resources,
+                    steps, tensorboard)
+from rnnjax import workdir as workdir_lib
+from rnnjax.config import Config
+from rnnjax.workdir import PERMUTATION_FILE, WorkdirBusy, WorkdirError  # noqa: F401
 
 
 class TrainingDiverged(Exception):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def check_workdir(workdir: Path, config: Config) -> None:
-  """Creates `workdir` if needed, checks it is writable, and that a stored config.json
-  describes the same model shapes as `config`."""
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write_test.{jax.process_index()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise WorkdirError(f"workdir {str(workdir)!r} is not writable ({e.strerror}). Choose "
-                       "another --workdir or fix its permissions.") from None
-  stored = workdir / "config.json"
-  if stored.exists():
-    try:
-      old = json.loads(stored.read_text())
-    except (OSError, ValueError) as e:
-      raise WorkdirError(f"{stored} is unreadable ({e}); fix or remove it.") from None
-    diffs = shape_differences(old, config)
-    if diffs:
-      raise WorkdirError(
-          f"workdir {str(workdir)!r} holds a run with a different model ("
-          + "; ".join(diffs) + "). Its checkpoints cannot be resumed with this config: "
-          "use a new --workdir, or the same settings as before.")
-
-
-PERMUTATION_FILE = "permutation.json"
+check_workdir = workdir_lib.check
 
 
 def load_task(workdir: Path, config: Config) -> data.Task:
@@ -151,22 +124,38 @@ class Preempted(Exception):
     self.signum = signum
 
 
+class Interrupted(KeyboardInterrupt):
+  """SIGTERM or SIGINT arrived before training began (while loading or preparing data,
+  restoring, compiling): the run stopped at once, leaving the workdir as it was."""
+
+  def __init__(self, signum: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} before training began; "
+                     "nothing was written. Rerun the same command to start.")
+    self.signum = signum
+
+
 class StopSignals:
   """Turns SIGTERM and SIGINT into a request to stop after the current call of the step
   function (at most `Config.steps_per_call` steps).
 
-  A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once: the run then resumes
-  from its last checkpoint. Handlers are installed only in the main thread and restored on
-  exit, so a notebook kernel gets its own back.
+  While `immediate` is set (before the training loop: data preparation, restore), a signal
+  raises `Interrupted` at once instead, so that clean-up code (tfds's removal of its
+  unfinished folder) runs and the run says why it stopped. A second SIGINT (Ctrl-C twice)
+  raises KeyboardInterrupt at once: the run then resumes from its last checkpoint. Handlers
+  are installed only in the main thread and restored on exit, so a notebook kernel gets its
+  own back.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, immediate: bool = False):
     self.signum: int | None = None
+    self.immediate = immediate
     self._previous = {}
 
   def _handle(self, signum, frame):
+    if self.immediate:
+      raise Interrupted(signum)
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
@@ -210,6 +199,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     lstm_kernel.KernelUnavailable: `lstm_kernel="cpu"` where the CPU kernel cannot run.
   """
   workdir = Path(workdir)
+  resources.check_memory(config)  # before anything is allocated
   mesh = parallel.make_mesh()
   parallel.check_batch_sizes(config, mesh)
   lstm_kernel.describe(config)  # lstm_kernel "cpu" where it cannot run: say so first
@@ -217,13 +207,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   if not main:
     log = lambda line: None  # noqa: E731 - process 0 speaks for the run
   check_workdir(workdir, config)
-  task = load_task(workdir, config)
-  state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)), mesh)
-  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  history: list[dict[str, Any]] = []
-  start_epoch, start_step, partial = 0, 0, None
-  board = None
+  lock = workdir_lib.Lock(workdir).acquire() if main else None  # one writer per workdir
+  ckpt = board = None
+  stop = StopSignals(immediate=True).__enter__()
   try:
+    task = load_task(workdir, config)
+    state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)),
+                               mesh)
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    history: list[dict[str, Any]] = []
+    start_epoch, start_step, partial = 0, 0, None
     restored = ckpt.restore(parallel.abstract_replicated(state, mesh))  # any earlier topology
     if restored is not None:
       state, meta, step = restored
@@ -241,10 +234,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     train_split, test_split = splits if splits is not None else data.load_dataset(config)
     steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
     if steps_per_epoch < 1:
-      raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
-                       "training examples")
+      raise data.DataError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
+                           "training examples; use a smaller --batch-size")
     if main:
-      reporting.write_json_atomic(workdir / "config.json", config.to_dict())
+      workdir_lib.record_start(workdir, config, start_epoch, start_step, _step(state),
+                               warn=_warn)
       store_task(workdir, config, task)
       # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
       reporting.write_jsonl(workdir / "metrics.jsonl", history)
@@ -256,106 +250,114 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     dropout_key = parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh)
     saved_step = _step(state)
     every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
-    with StopSignals() as stop:
-      for epoch in range(start_epoch, config.epochs):
-        first = start_step if epoch == start_epoch else 0
-        totals = dict(partial) if (partial and epoch == start_epoch) else {
-            "loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
-        t0 = time.perf_counter() - totals["seconds"]
-        # Global step = base + steps done in this epoch; read once per epoch, because
-        # reading state.step after every step would wait for the device each time.
-        base = _step(state) - first
-        progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
-                                      config.batch_size, enabled=config.progress and main,
-                                      start=first)
-        # Metrics not yet read, one entry per call: (a step's, or stacked [k]; step count).
-        pending: list[tuple[steps.Metrics, int]] = []
-        batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
-                                     start_step=first, max_shift=config.augment_shift,
-                                     shard=rows, task=task)
-        i = first
-        while i < steps_per_epoch:
-          end = call_end(i, steps_per_epoch, config.steps_per_call, base,
-                         config.checkpoint_every_steps)
-          group = [next(batches) for _ in range(end - i)]
-          if len(group) == config.steps_per_call > 1:  # a whole call: one scan
-            stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
-            state, m = train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True),
-                                   dropout_key)
-            pending.append((m, len(group)))
-            done = len(group)
-          else:  # a short piece (epoch end, periodic checkpoint): one step at a time
-            done = 0
-            for batch in group:
-              state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
-              pending.append((m, 1))
-              done += 1
-              if stop.signum is not None:
-                break
-          previous, i = i, i + done
-          step = base + i
-          periodic = (config.checkpoint_every_steps > 0
-                      and step % config.checkpoint_every_steps == 0)
-          stopping = stop.signum is not None
-          full = i == steps_per_epoch or periodic or stopping  # read everything: a save
-          if not (full or i // every > previous // every):
-            continue
-          # A progress read leaves the newest call's metrics for the next one, so that the
-          # device works on that call while the host waits for the earlier ones.
-          ready, pending = (pending, []) if full else (pending[:-1], pending[-1:])
-          if not ready:
-            continue
-          fetched = unstack(parallel.to_host([m for m, _ in ready]))
-          last = i - sum(k for _, k in pending)  # epoch position of the last step read
-          first_step_of_pending = base + last - len(fetched) + 1
-          losses = [float(x["loss_sum"]) for x in fetched]
-          bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
-          if bad:
-            raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
-                            losses[bad[0]] / config.batch_size, main)
-          totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
-          progress.update(last, losses[-1] / config.batch_size)
-          if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
-            totals["seconds"] = time.perf_counter() - t0
-            ckpt.save(step, state, {"epoch": epoch, "epoch_step": i, "partial": totals,
-                                    "history": history})
-            saved_step = step
-          if stopping and i < steps_per_epoch:
-            progress.close()
-            raise _preempted(stop.signum, ckpt, epoch, i, steps_per_epoch, step)
-        train_seconds = time.perf_counter() - t0
-        progress.close()
-        count = max(totals["count"], 1)
-        test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, task)
-        step = _step(state)
-        record = {
-            "epoch": epoch + 1, "step": step,
-            "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "test_correct": test["correct"], "test_count": test["count"],
-            "test_confusion": test["confusion"].tolist(),
-            "learning_rate": float(steps.make_schedule(config)(step)),
-            "images_per_second": totals["count"] / train_seconds,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        ckpt.save(step, state, {"epoch": epoch + 1, "history": history},
-                  metrics={"test_accuracy": test["accuracy"]})
-        saved_step = step
-        log(reporting.epoch_line(record))
-        if main:
-          reporting.append_jsonl(workdir / "metrics.jsonl", record)
-          if board is not None:
-            board.write_epoch(record)
-          if config.plots:
-            _write_plots(workdir, history, test["confusion"])
-        if stop.signum is not None and epoch + 1 < config.epochs:
-          raise _preempted(stop.signum, ckpt, epoch + 1, 0, steps_per_epoch, saved_step)
+    stop.immediate = False  # from here on, a signal stops after the current call and saves
+    for epoch in range(start_epoch, config.epochs):
+      first = start_step if epoch == start_epoch else 0
+      totals = dict(partial) if (partial and epoch == start_epoch) else {
+          "loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+      t0 = time.perf_counter() - totals["seconds"]
+      # Global step = base + steps done in this epoch; read once per epoch, because
+      # reading state.step after every step would wait for the device each time.
+      base = _step(state) - first
+      progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
+                                    config.batch_size, enabled=config.progress and main,
+                                    start=first)
+      # Metrics not yet read, one entry per call: (a step's, or stacked [k]; step count).
+      pending: list[tuple[steps.Metrics, int]] = []
+      batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
+                                   start_step=first, max_shift=config.augment_shift,
+                                   shard=rows, task=task)
+      i = first
+      while i < steps_per_epoch:
+        end = call_end(i, steps_per_epoch, config.steps_per_call, base,
+                       config.checkpoint_every_steps)
+        group = [next(batches) for _ in range(end - i)]
+        if len(group) == config.steps_per_call > 1:  # a whole call: one scan
+          stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
+          state, m = train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True),
+                                 dropout_key)
+          pending.append((m, len(group)))
+          done = len(group)
+        else:  # a short piece (epoch end, periodic checkpoint): one step at a time
+          done = 0
+          for batch in group:
+            state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
+            pending.append((m, 1))
+            done += 1
+            if stop.signum is not None:
+              break
+        previous, i = i, i + done
+        step = base + i
+        periodic = (config.checkpoint_every_steps > 0
+                    and step % config.checkpoint_every_steps == 0)
+        stopping = stop.signum is not None
+        full = i == steps_per_epoch or periodic or stopping  # read everything: a save
+        if not (full or i // every > previous // every):
+          continue
+        # A progress read leaves the newest call's metrics for the next one, so that the
+        # device works on that call while the host waits for the earlier ones.
+        ready, pending = (pending, []) if full else (pending[:-1], pending[-1:])
+        if not ready:
+          continue
+        fetched = unstack(parallel.to_host([m for m, _ in ready]))
+        last = i - sum(k for _, k in pending)  # epoch position of the last step read
+        first_step_of_pending = base + last - len(fetched) + 1
+        losses = [float(x["loss_sum"]) for x in fetched]
+        bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:
+          raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
+                          losses[bad[0]] / config.batch_size, main)
+        totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
+        progress.update(last, losses[-1] / config.batch_size)
+        if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
+          totals["seconds"] = time.perf_counter() - t0
+          ckpt.save(step, state, {"epoch": epoch, "epoch_step": i, "partial": totals,
+                                  "history": history})
+          saved_step = step
+        if stopping and i < steps_per_epoch:
+          progress.close()
+          raise _preempted(stop.signum, ckpt, epoch, i, steps_per_epoch, step)
+      train_seconds = time.perf_counter() - t0
+      progress.close()
+      count = max(totals["count"], 1)
+      test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, task)
+      step = _step(state)
+      record = {
+          "epoch": epoch + 1, "step": step,
+          "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
+          "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+          "test_correct": test["correct"], "test_count": test["count"],
+          "test_confusion": test["confusion"].tolist(),
+          "learning_rate": float(steps.make_schedule(config)(step)),
+          "images_per_second": totals["count"] / train_seconds,
+          "seconds": time.perf_counter() - t0,
+      }
+      history.append(record)
+      ckpt.save(step, state, {"epoch": epoch + 1, "history": history},
+                metrics={"test_accuracy": test["accuracy"]})
+      saved_step = step
+      log(reporting.epoch_line(record))
+      if main:
+        reporting.append_jsonl(workdir / "metrics.jsonl", record)
+        if board is not None:
+          board.write_epoch(record)
+        if config.plots:
+          _write_plots(workdir, history, test["confusion"])
+      if stop.signum is not None and epoch + 1 < config.epochs:
+        raise _preempted(stop.signum, ckpt, epoch + 1, 0, steps_per_epoch, saved_step)
   finally:
-    ckpt.close()
+    stop.__exit__()
+    if ckpt is not None:
+      ckpt.close()
     if board is not None:
       board.close()
+    if lock is not None:
+      lock.release()
   return state, history
+
+
+def _warn(message: str) -> None:
+  print(message, file=reporting.console(), flush=True)
 
 
 def _open_tensorboard(workdir: Path, config: Config):

@@ -1,0 +1,178 @@
+"""The workdir's guards: one writer at a time, files of the right kind, and a record of
+every config the run was trained under (config.json never rewritten)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, requires_mnist
+from test_bad_input import TINY, check_refused, snapshot
+from test_cli import run_cli
+from rnnjax import config, train
+from rnnjax import workdir as workdir_lib
+
+# The tiny run on real MNIST: 120 steps of 500 images per epoch, a few seconds.
+REAL_TINY = ["--preset", "tutorial", "--hidden-size", "8", "--batch-size", "500",
+             "--data-source", "idx", "--no-progress"]
+
+HOLD = """
+import sys, time
+from rnnjax import workdir
+lock = workdir.Lock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(path, seconds=60):
+  """Another process that holds `path`'s lock, as a training run does."""
+  p = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], cwd=REPO,
+                       stdout=subprocess.PIPE, text=True)
+  assert p.stdout.readline().strip() == "held"
+  return p
+
+
+@pytest.fixture
+def good_workdir(tmp_path, tiny_splits):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits, log=lambda s: None)
+  return workdir
+
+
+def test_a_second_trainer_stops_at_once_naming_the_first(good_workdir, tiny_splits):
+  before = snapshot(good_workdir)
+  files = {p.name: p.read_bytes() for p in good_workdir.iterdir() if p.is_file()}
+  holder = hold_lock(good_workdir)
+  try:
+    t0 = time.perf_counter()
+    with pytest.raises(workdir_lib.WorkdirBusy, match=rf"in use by another training run "
+                       rf"\(process {holder.pid} on .*wait for it to finish"):
+      train.train_and_evaluate(config.get_config("tiny").replace(epochs=3), good_workdir,
+                               tiny_splits, log=lambda s: None)
+    assert time.perf_counter() - t0 < 5  # at once, before any data or compilation
+    # The command line: one line, exit 1; while readers still work beside the holder.
+    r = run_cli("--workdir", good_workdir, *TINY, "--epochs", "3")
+    check_refused(r, good_workdir, before, f"process {holder.pid} on", "another --workdir")
+    r = run_cli("evaluate", "--workdir", good_workdir, "--data-source", "idx")
+    assert "checkpoint" in r.stdout and r.returncode in (0, 1), r.stderr
+    assert "in use" not in r.stdout + r.stderr
+  finally:
+    holder.kill()
+    holder.wait()
+  # Nothing the first run wrote was touched (library.log and the lock file aside).
+  after = {p.name: p.read_bytes() for p in good_workdir.iterdir() if p.is_file()}
+  for name in files:
+    if name not in ("library.log", "lock"):
+      assert after[name] == files[name], name
+  # The lock died with its holder (kill -9): no stale file blocks the next run.
+  train.train_and_evaluate(config.get_config("tiny").replace(epochs=2), good_workdir,
+                           tiny_splits, log=lambda s: None)
+  assert len((good_workdir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@requires_mnist
+def test_two_commands_at_once_leave_one_record(tmp_path):
+  """The reported case: the same command twice at once. One trains, one is refused."""
+  workdir = tmp_path / "c1"
+  args = ["--workdir", workdir, *REAL_TINY, "--epochs", "3", "--checkpoint-every", "20"]
+  procs = [subprocess.Popen([sys.executable, str(REPO / "experiments" / "mnist_lstm.py"),
+                             *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  codes = sorted(p.returncode for p in procs)
+  assert codes == [0, 1], outs
+  refused = next(o for p, o in zip(procs, outs) if p.returncode == 1)
+  assert "in use by another training run" in refused[1] and "Traceback" not in refused[1]
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in lines] == [1, 2, 3]
+  assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.parametrize("name,make", [
+    ("checkpoints", lambda p: p.write_text("not a folder")),
+    ("metrics.jsonl", lambda p: p.mkdir()),
+    ("config.json", lambda p: p.mkdir()),
+])
+def test_workdir_files_of_the_wrong_kind_are_refused_before_writing(tmp_path, tiny_splits,
+                                                                     name, make):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  make(workdir / name)
+  with pytest.raises(workdir_lib.WorkdirError, match=f"{name} is not a"):
+    train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits,
+                             log=lambda s: None)
+  assert sorted(p.name for p in workdir.iterdir()) == [name]  # nothing written
+
+
+def test_checkpoints_replaced_by_a_file_keeps_metrics(good_workdir):
+  metrics = (good_workdir / "metrics.jsonl").read_bytes()
+  ckpts = good_workdir / "checkpoints"
+  os.rename(ckpts, good_workdir / "moved")
+  ckpts.write_text("x")
+  r = run_cli("--workdir", good_workdir, *TINY, "--epochs", "2")
+  assert r.returncode == 1 and "checkpoints is not a folder" in r.stderr, r.stderr
+  assert "Traceback" not in r.stderr and "disk" not in r.stderr
+  assert (good_workdir / "metrics.jsonl").read_bytes() == metrics
+
+
+@pytest.mark.parametrize("content,messages", [
+    ("5\n", ["does not hold a config (a JSON object of fields, found int 5)"] * 2),
+    ("{broken", ["is unreadable (JSONDecodeError"] * 2),
+    ('{"hidden_size": "8"}', ["hidden_size: '8' in the workdir, 8 now",
+                              "hidden_size must be a positive integer, got '8'"]),
+])
+def test_damaged_config_json_is_a_clear_error_everywhere(good_workdir, content, messages):
+  before = snapshot(good_workdir)
+  (good_workdir / "config.json").write_text(content)
+  (good_workdir / "configs.jsonl").unlink()  # config.json is then the only record
+  for command, message in zip(([], ["evaluate"]), messages):
+    r = run_cli(*command, "--workdir", good_workdir, *(TINY if not command else []),
+                *(["--epochs", "2"] if not command else []))
+    check_refused(r, good_workdir, before, message)
+  assert (good_workdir / "config.json").read_text() == content  # not rewritten either
+
+
+def test_resuming_with_other_settings_warns_and_records_every_config(tmp_path, tiny_splits,
+                                                                     capsys):
+  workdir = tmp_path / "w"
+  tiny = config.get_config("tiny")
+  train.train_and_evaluate(tiny.replace(epochs=2), workdir, tiny_splits, log=lambda s: None)
+  first = (workdir / "config.json").read_bytes()
+  capsys.readouterr()
+  changed = tiny.replace(name="default", epochs=3, learning_rate=2e-3, progress=False,
+                         steps_per_call=1)
+  train.train_and_evaluate(changed, workdir, tiny_splits, log=lambda s: None)
+  err = capsys.readouterr().err
+  assert ("warning: resuming with changed settings (name: 'tiny' -> 'default', epochs: 2 -> 3,"
+          " learning_rate: 0.001 -> 0.002); they apply from epoch 3 on") in err
+  assert (workdir / "config.json").read_bytes() == first  # history is not rewritten
+  lines = [json.loads(x) for x in (workdir / "configs.jsonl").read_text().splitlines()]
+  assert [(r["epoch"], r["step"], r["config"]["name"]) for r in lines] == [
+      (0, 0, "tiny"), (2, 8, "default")]  # 64 images / batch 16 = 4 steps per epoch
+  assert lines[1]["changes"] == {"name": ["tiny", "default"], "epochs": [2, 3],
+                                 "learning_rate": [0.001, 0.002],
+                                 "steps_per_call": [10, 1]}
+  assert workdir_lib.describe_configs(workdir) == "tiny (from epoch 1 to 2), default (from epoch 3 on)"
+  assert workdir_lib.current_config(workdir) == changed
+  # Resuming again with the same settings adds nothing; a place-only change adds a line
+  # without a warning.
+  train.train_and_evaluate(changed, workdir, tiny_splits, log=lambda s: None)
+  assert len((workdir / "configs.jsonl").read_text().splitlines()) == 2
+  train.train_and_evaluate(changed.replace(epochs=3, steps_per_call=10), workdir, tiny_splits,
+                           log=lambda s: None)
+  assert "warning" not in capsys.readouterr().err
+
+
+def test_an_older_workdir_with_only_config_json_keeps_its_first_config(tmp_path, tiny_splits):
+  workdir = tmp_path / "w"
+  tiny = config.get_config("tiny")
+  train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
+  (workdir / "configs.jsonl").unlink()  # as a workdir written before the record existed
+  train.train_and_evaluate(tiny.replace(epochs=2, learning_rate=5e-4), workdir, tiny_splits,
+                           log=lambda s: None)
+  lines = [json.loads(x) for x in (workdir / "configs.jsonl").read_text().splitlines()]
+  assert [(r["epoch"], r["config"]["learning_rate"]) for r in lines] == [(0, 1e-3), (1, 5e-4)]
