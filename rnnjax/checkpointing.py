@@ -118,7 +118,7 @@ class Checkpointer:
     if candidates:
       others = [s for s in available if s not in candidates]
       raise CheckpointError(
-          f"none of the checkpoints tried under {self.directory} could be read (steps "
+          f"no checkpoint under {self.directory} could be read (tried steps "
           f"{', '.join(map(str, candidates))})"
           + (f"; the others ({', '.join(map(str, others))}) may be: ask for one with "
              "--checkpoint STEP." if others else

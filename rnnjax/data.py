@@ -296,9 +296,10 @@ def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
         and not network_available(_host(name))):
       raise DataError(_missing_files_message(None, dataset=name))
   config = tfds.download.DownloadConfig(manual_dir=str(folder) if folder else None)
+  from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
   try:
     builder.download_and_prepare(download_config=config)
-  except tfds.download.NonMatchingChecksumError as e:
+  except NonMatchingChecksumError as e:
     raise DataError(f"a downloaded {name} file has the wrong checksum: {e}. Delete it and "
                     "retry, or pass the official files with --manual-dir.") from None
   return builder

@@ -241,15 +241,16 @@ def blank_reason(g: np.ndarray) -> str | None:
 
   - contrast: the brightest pixel is less than 0.05 above the background (the median);
   - specks: the ink (pixels at least halfway from the background to the brightest) spans
-    fewer than max(3, longer side / 20) pixels, or fills under 0.5% of its bounding box
-    (a few scattered specks of noise or dust).
+    fewer than max(3, longer side / 20) pixels, or holds fewer pixels than half the longer
+    side of its bounding box (a stroke holds at least one pixel per pixel of its length;
+    a few scattered specks of noise or dust do not).
   """
   background, top = float(np.median(g)), float(g.max())
   if top - background < 0.05:
     return "the image is blank (no contrast)"
   rows, cols = np.nonzero(g >= background + 0.5 * (top - background))
   h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-  if max(h, w) < max(3, max(g.shape) / 20) or len(rows) < 0.005 * h * w:
+  if max(h, w) < max(3, max(g.shape) / 20) or len(rows) < 0.5 * max(h, w):
     return "only specks of noise, no stroke of a digit"
   return None
 
@@ -257,8 +258,9 @@ def blank_reason(g: np.ndarray) -> str | None:
 def to_mnist(gray: np.ndarray) -> np.ndarray:
   """A grayscale image `[h, w]` in [0, 1] -> `<uint8>[28, 28]` prepared like MNIST.
 
-  1. Polarity: MNIST digits are light on black. When the image's border is mostly light
-     (dark-on-light, as drawn on paper), it is inverted.
+  1. Polarity: MNIST digits are light on black. The border's median is the background;
+     when the darkest pixel lies farther from it than the brightest (dark ink, as drawn
+     on paper, whatever the paper's shade), the image is inverted.
   2. An image with no digit is refused (`blank_reason`: the same test at every size).
   3. A 28 x 28 image on a black background (median < 0.1) is taken as already MNIST-shaped
      (only step 1 applies).
@@ -273,8 +275,8 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected a 2-D grayscale image, got shape {g.shape}")
   if not np.isfinite(g).all():
     raise ValueError("the image holds values that are not finite numbers")
-  border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-  if np.median(border) > 0.5:
+  background = np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]]))
+  if background - g.min() > g.max() - background:
     g = 1.0 - g
   reason = blank_reason(g)
   if reason:

@@ -135,9 +135,9 @@ def check(workdir: Path, config: Config) -> None:
       kind = "a folder" if folder else "a file"
       raise WorkdirError(f"{path} is not {kind}; rnnjax keeps its {name} there. Move it "
                          "away, or use another --workdir. Nothing was written.")
-  old = stored_config(workdir)
-  if old is not None:
-    diffs = shape_differences(old, config)
+  stored = workdir / CONFIG_FILE  # the shapes never change during a run: the first config
+  if stored.exists():
+    diffs = shape_differences(_read_config_dict(stored), config)
     if diffs:
       raise WorkdirError(
           f"workdir {str(workdir)!r} holds a run with a different model ("
@@ -210,8 +210,8 @@ def record_start(workdir: Path, config: Config, epoch: int, epoch_step: int, ste
   warning naming every change that alters what is computed."""
   found = configs(workdir)
   new = config.to_dict()
-  if not (workdir / CONFIG_FILE).exists():
-    reporting.write_json_atomic(workdir / CONFIG_FILE, new)
+  if not (workdir / CONFIG_FILE).exists():  # a new run's, or the recorded first one again
+    reporting.write_json_atomic(workdir / CONFIG_FILE, found[0]["config"] if found else new)
   lines = [] if (workdir / CONFIGS_FILE).is_file() else found[:1]  # an older workdir's start
   if not found or found[-1]["config"] != new:
     line = {"epoch": epoch, "epoch_step": epoch_step, "step": step, "changes": {},

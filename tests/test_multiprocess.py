@@ -1,0 +1,84 @@
+"""Multi-process runs on 127.0.0.1 when a process does not come or is lost: one line each,
+exit status 1, in seconds rather than JAX's minutes and abort."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, requires_mnist
+from test_cli import SCRIPT
+
+REAL_TINY = ["--preset", "tutorial", "--hidden-size", "8", "--batch-size", "500",
+             "--data-source", "idx", "--no-progress"]
+
+
+def free_port():
+  """A port whose successor (the processes' meeting port) is free too."""
+  for _ in range(50):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    try:
+      with socket.socket() as s:
+        s.bind(("127.0.0.1", port + 1))
+      return port
+    except OSError:
+      continue
+  raise RuntimeError("no free pair of ports")
+
+
+def start(workdir, port, k, *extra):
+  return subprocess.Popen(
+      [sys.executable, str(SCRIPT), "--workdir", str(workdir), *REAL_TINY, *map(str, extra),
+       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(k)],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_a_process_that_never_comes_is_named_after_the_timeout(tmp_path, k):
+  port = free_port()
+  t0 = time.perf_counter()
+  p = start(tmp_path / "w", port, k, "--join-timeout", 3)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 1, err
+  assert time.perf_counter() - t0 < 60
+  if k == 0:
+    assert f"waiting for 1 more process(es) at 127.0.0.1:{port}" in err
+    assert (f"error: process(es) 1 of 2 did not join the run at 127.0.0.1:{port} within 3 s"
+            in err)
+  else:
+    assert f"error: could not reach process 0 at 127.0.0.1:{port}" in err
+  assert "Traceback" not in err and "Check failure" not in err
+
+
+@requires_mnist
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_lost_process_ends_the_other_with_one_line(tmp_path, killed):
+  port = free_port()
+  workdir = tmp_path / "w"
+  procs = [start(workdir, port, k, "--epochs", 20) for k in (0, 1)]
+  started = workdir / "checkpoints"  # made once both processes have joined and JAX started
+  deadline = time.time() + 300
+  while time.time() < deadline and not started.exists():
+    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    time.sleep(0.1)
+  time.sleep(3)  # into the first steps' collectives
+  procs[killed].send_signal(signal.SIGKILL)
+  t0 = time.perf_counter()
+  other = procs[1 - killed]
+  out, err = other.communicate(timeout=120)
+  seconds = time.perf_counter() - t0
+  procs[killed].wait()
+  print(f"measured: process {1 - killed} ended {seconds:.2f} s after process {killed} was "
+        "killed")
+  assert other.returncode == 1, (out, err)
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert lines == [f"error: process {killed} of this run is gone (its connection closed "
+                   "without a word: killed, crashed, or its machine lost); process "
+                   f"{1 - killed} stops too. Its last checkpoint is intact: rerun the same "
+                   "command in every process to resume."], err
+  assert "Traceback" not in err and seconds < 30
