@@ -144,7 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
   g.add_argument("--num-processes", type=positive_int)
   g.add_argument("--process-id", type=non_negative_int)
   g.add_argument("--join-timeout", type=positive_float, default=120, metavar="SECONDS",
-                 help="how long to wait for every process to join before giving up")
+                 help="how long to wait for every process to join before giving up (at "
+                      "most a day)")
   return p
 
 
@@ -321,6 +322,8 @@ def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
   parser.set_defaults(preset=preset)
   args = parser.parse_args(argv)
   check_workdir_flag(parser, args.workdir)
+  if args.join_timeout > 86400:
+    parser.error(f"--join-timeout must be at most 86400 (a day), got {args.join_timeout:g}")
   args.workdir = args.workdir or f"runs/{args.preset}"
   from rnnjax import resources  # light: the standard library only
   try:

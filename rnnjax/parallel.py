@@ -135,9 +135,18 @@ class Watch:
             continue
           conn.settimeout(max(1.0, deadline - time.monotonic()))
           try:
-            k = int(conn.makefile().readline().strip())
+            k, n = map(int, conn.makefile().readline().split())
           except (OSError, ValueError):
             conn.close()
+            continue
+          problem = (f"process {k} was started with --num-processes {n}, process 0 with "
+                     f"{self.n}" if n != self.n else
+                     f"two processes were started with --process-id {k}"
+                     if k in self.peers or k == 0 else None)
+          if problem:  # the newcomer is told, and says it in its own terminal
+            conn.sendall(f"refused {problem}\n".encode())
+            conn.close()
+            say(f"warning: refused a process: {problem}")
             continue
           self.peers[k] = conn
         for conn in self.peers.values():
@@ -157,13 +166,17 @@ class Watch:
               f"{self.port}) within {timeout:.0f} s. Start process 0 (--process-id 0) with "
               "the same command, or check --coordinator.") from None
         time.sleep(0.5)
-    conn.sendall(f"{self.me}\n".encode())
+    conn.sendall(f"{self.me} {self.n}\n".encode())
     conn.settimeout(max(1.0, deadline - time.monotonic()))
     try:
-      ok = conn.makefile().readline().strip() == "go"
+      answer = conn.makefile().readline().strip()
     except OSError:
-      ok = False
-    if not ok:
+      answer = ""
+    if answer.startswith("refused "):
+      raise JoinFailed(f"process 0 at {self.host}:{self.port - 1} refused this process: "
+                       f"{answer[8:]}. Start every process with the same --num-processes "
+                       "and its own --process-id.")
+    if answer != "go":
       raise JoinFailed(f"process 0 at {self.host}:{self.port - 1} did not start the run within "
                        f"{timeout:.0f} s (some other process did not join; its terminal says "
                        "which).")

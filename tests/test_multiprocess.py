@@ -82,3 +82,19 @@ def test_a_lost_process_ends_the_other_with_one_line(tmp_path, killed):
                    f"{1 - killed} stops too. Its last checkpoint is intact: rerun the same "
                    "command in every process to resume."], err
   assert "Traceback" not in err and seconds < 30
+
+
+def test_processes_started_with_different_counts_or_the_same_id_are_told(tmp_path):
+  port = free_port()
+  p0 = start(tmp_path / "w", port, 0, "--join-timeout", 20)
+  time.sleep(1)
+  cmd = [sys.executable, str(SCRIPT), "--workdir", str(tmp_path / "w"), *REAL_TINY,
+         "--coordinator", f"127.0.0.1:{port}", "--join-timeout", "20"]
+  wrong = subprocess.run(cmd + ["--num-processes", "3", "--process-id", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+  assert wrong.returncode == 1, wrong.stderr
+  assert ("refused this process: process 1 was started with --num-processes 3, process 0 "
+          "with 2") in wrong.stderr
+  p0.kill()
+  p0.communicate()
+  assert "Traceback" not in wrong.stderr
