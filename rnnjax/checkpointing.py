@@ -7,6 +7,7 @@ no step that looks finished. Kept: the latest `keep` steps and the best by test 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -154,6 +155,34 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+@dataclasses.dataclass
+class Position:
+  """Where a run stands, as a checkpoint's record holds it.
+
+  Attributes:
+    epoch: finished epochs.
+    epoch_step: steps done in epoch `epoch` (0 at an epoch's end).
+    partial: that epoch's running totals (loss_sum, correct, count, seconds), mid-epoch.
+    history: one record per finished epoch, as in metrics.jsonl.
+  """
+  epoch: int = 0
+  epoch_step: int = 0
+  partial: dict[str, Any] | None = None
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+  def to_meta(self) -> dict[str, Any]:
+    meta = {"epoch": self.epoch}
+    if self.epoch_step or self.partial is not None:
+      meta.update(epoch_step=self.epoch_step, partial=self.partial)
+    meta["history"] = self.history
+    return meta
+
+  @classmethod
+  def from_meta(cls, meta) -> "Position":
+    meta = check_meta(meta)
+    return cls(meta["epoch"], meta.get("epoch_step", 0), meta.get("partial"), meta["history"])
 
 
 def check_meta(meta) -> dict[str, Any]:

@@ -111,6 +111,48 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
   return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+class RunWriter:
+  """The epoch's outputs behind one call: the line (through `log`), metrics.jsonl,
+  TensorBoard events and the plots. Only process 0 writes (`enabled`).
+
+  metrics.jsonl follows the checkpoint the run resumed from: on opening, it is rewritten
+  with `history` (lines of epochs the checkpoint does not hold are dropped).
+  """
+
+  def __init__(self, workdir: Path, config, history: list[dict[str, Any]], log,
+               enabled: bool = True):
+    self.workdir, self.config, self.history, self.log = Path(workdir), config, history, log
+    self.enabled, self.board = enabled, None
+    if enabled:
+      write_jsonl(self.workdir / "metrics.jsonl", history)
+      if config.tensorboard:
+        try:
+          from rnnjax import tensorboard
+          self.board = tensorboard.Writer(self.workdir, config)
+        except ImportError as e:  # a minimal JAX-only machine: train anyway
+          print(f"warning: no TensorBoard events ({e}); pip install tensorboardX to have "
+                "them", file=console(), flush=True)
+
+  def write_epoch(self, record: dict[str, Any], confusion) -> None:
+    self.log(epoch_line(record))
+    if not self.enabled:
+      return
+    append_jsonl(self.workdir / "metrics.jsonl", record)
+    if self.board is not None:
+      self.board.write_epoch(record)
+    if self.config.plots:
+      try:  # curves.png and confusion_matrix.png: a figure must not cost a training run
+        from rnnjax import plots
+        plots.write_run_plots(self.workdir, self.history, confusion)
+      except Exception as e:  # noqa: BLE001
+        print(f"warning: could not write the plots in {self.workdir} ({type(e).__name__}: "
+              f"{e})", file=console(), flush=True)
+
+  def close(self) -> None:
+    if self.board is not None:
+      self.board.close()
+
+
 def shown(path) -> str:
   """A path as text any terminal can print (bytes that are not UTF-8 become U+FFFD)."""
   return os.fsencode(path).decode("utf-8", "replace")

@@ -20,7 +20,7 @@ import optax
 from flax.training import train_state
 
 from rnnjax import config as config_lib
-from rnnjax import models
+from rnnjax import loop, models
 
 TrainState = train_state.TrainState
 Batch = dict[str, jnp.ndarray]
@@ -161,19 +161,8 @@ def predict_step(state: TrainState, images: jnp.ndarray) -> jnp.ndarray:
 
 
 def accumulate(totals: dict[str, Any] | None, metrics: list[Metrics]) -> dict[str, Any]:
-  """Adds per-batch metrics, in order, to running host totals (float64 / int).
-
-  Adding in chunks gives the same floats as adding all at once, so an epoch split by a
-  resume sums to exactly what an uninterrupted epoch does.
-  """
-  totals = dict(totals or {"loss_sum": 0.0, "correct": 0, "count": 0})
-  for m in jax.device_get(metrics):
-    totals["loss_sum"] += float(m["loss_sum"])
-    totals["correct"] += int(m["correct"])
-    totals["count"] += int(m["count"])
-    if "confusion" in m:
-      totals["confusion"] = totals.get("confusion", 0) + np.asarray(m["confusion"], np.int64)
-  return totals
+  """Adds per-batch metrics, in order, to running host totals (`loop.accumulate`)."""
+  return loop.accumulate(totals, jax.device_get(metrics))
 
 
 def summarize(metrics: list[Metrics] | Metrics) -> dict[str, Any]:

@@ -8,8 +8,9 @@ the same workdir resumes from the newest good checkpoint; a finished run says so
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -20,8 +21,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rnnjax import (checkpointing, data, lstm_kernel, parallel, plots, reporting, resources,
-                    steps, tensorboard)
+from rnnjax import (checkpointing, data, loop, lstm_kernel, parallel, reporting, resources,
+                    steps)
 from rnnjax import workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.workdir import PERMUTATION_FILE, WorkdirBusy, WorkdirError  # noqa: F401
@@ -71,32 +72,7 @@ def jit_train_steps():
   return jax.jit(steps.train_steps, donate_argnums=0)
 
 
-def call_end(i: int, steps_per_epoch: int, steps_per_call: int, base: int,
-             checkpoint_every: int) -> int:
-  """Where the call that starts at step `i` of an epoch ends (exclusive): the next multiple
-  of `steps_per_call` within the epoch, cut short by the epoch's end and by the next
-  periodic checkpoint (global step `base + j` a multiple of `checkpoint_every`).
-
-  A function of the position alone, so a resumed run (which starts at such a boundary)
-  groups its steps exactly as the uninterrupted run did.
-  """
-  end = min((i // steps_per_call + 1) * steps_per_call, steps_per_epoch)
-  if checkpoint_every > 0:
-    end = min(end, ((base + i) // checkpoint_every + 1) * checkpoint_every - base)
-  return end
-
-
-def unstack(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Host metrics, one dict per call (scalars, or `[k]` arrays from `train_steps`) -> one
-  dict per step, in order."""
-  out = []
-  for m in metrics:
-    shape = np.shape(m["loss_sum"])
-    if not shape:
-      out.append(m)
-    else:
-      out.extend({k: v[j] for k, v in m.items()} for j in range(shape[0]))
-  return out
+call_end, unstack = loop.call_end, loop.unstack  # the loop's planning: rnnjax/loop.py
 
 
 def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int,
@@ -173,211 +149,216 @@ class StopSignals:
       signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class Context:
+  """What every epoch of a run uses, set up once by `train_and_evaluate`."""
+  config: Config
+  workdir: Path
+  mesh: Any
+  ckpt: checkpointing.Checkpointer
+  train_split: data.Split
+  test_split: data.Split
+  task: data.Task
+  steps_per_epoch: int
+  train_step: Callable  # jitted, the state donated
+  train_steps: Callable  # several steps in one scan, jitted, the state donated
+  eval_step: Callable
+  dropout_key: Any  # masks: fold_in(key, step) inside the step (unused without dropout)
+  stop: StopSignals
+  main: bool
+
+
 def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                        splits: tuple[data.Split, data.Split] | None = None,
                        log: Callable[[str], Any] = print):
-  """Trains `config` in `workdir`, resuming from its checkpoints when it has any.
+  """Trains `config` in `workdir` (config.json, metrics.jsonl, checkpoints/), resuming from
+  its newest readable checkpoint. `splits`: (train, test) in memory, or None to load them as
+  `config` says; `log` takes the per-epoch lines. Returns (final state, history: one record
+  per epoch, as in metrics.jsonl).
 
   Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
-  (when > 0), and when SIGTERM or SIGINT asks the run to stop: then the current call of
-  the step function (up to `config.steps_per_call` steps) finishes, its position inside
-  the epoch is saved, and `Preempted` is raised. A resumed run sees exactly the batches the
-  uninterrupted one would, so it ends bit-identical.
-
-  Args:
-    config: the run.
-    workdir: where config.json, metrics.jsonl and checkpoints/ live.
-    splits: (train, test) already in memory; None loads them as `config` says.
-    log: where the per-epoch lines go.
-  Returns:
-    (final train state, history: one dict per epoch, as in metrics.jsonl).
-  Raises:
-    WorkdirError, data.DataError, checkpointing.CheckpointError: unusable input; nothing
-      written is lost.
-    TrainingDiverged: a non-finite loss; the last good checkpoint stays.
-    Preempted: stopped by a signal after saving a checkpoint.
-    lstm_kernel.KernelUnavailable: `lstm_kernel="cpu"` where the CPU kernel cannot run.
+  (when > 0), and when SIGTERM or SIGINT asks the run to stop: the current call of the step
+  function finishes, its position is saved, and `Preempted` is raised (`Interrupted` before
+  training began). A resumed run sees exactly the batches the uninterrupted one would, so it
+  ends bit-identical. Unusable input raises WorkdirError (WorkdirBusy), data.DataError,
+  checkpointing.CheckpointError, resources.ResourceError or lstm_kernel.KernelUnavailable
+  before anything is written; a non-finite loss TrainingDiverged, keeping the last good
+  checkpoint.
   """
   workdir = Path(workdir)
-  resources.check_memory(config)  # before anything is allocated
-  mesh = parallel.make_mesh()
-  parallel.check_batch_sizes(config, mesh)
-  lstm_kernel.describe(config)  # lstm_kernel "cpu" where it cannot run: say so first
-  main = parallel.is_main_process()
-  if not main:
-    log = lambda line: None  # noqa: E731 - process 0 speaks for the run
-  check_workdir(workdir, config)
-  lock = workdir_lib.Lock(workdir).acquire() if main else None  # one writer per workdir
-  ckpt = board = None
-  stop = StopSignals(immediate=True).__enter__()
-  try:
+  mesh, main = _check_before_work(config, workdir)
+  log = log if main else (lambda line: None)  # process 0 speaks for the run
+  with contextlib.ExitStack() as cleanup:
+    if main:  # one writer per workdir
+      cleanup.callback(workdir_lib.Lock(workdir).acquire().release)
+    stop = cleanup.enter_context(StopSignals(immediate=True))
     task = load_task(workdir, config)
     state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)),
                                mesh)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    history: list[dict[str, Any]] = []
-    start_epoch, start_step, partial = 0, 0, None
-    restored = ckpt.restore(parallel.abstract_replicated(state, mesh))  # any earlier topology
-    if restored is not None:
-      state, meta, step = restored
-      history, start_epoch = meta["history"], meta["epoch"]
-      start_step, partial = meta.get("epoch_step", 0), meta.get("partial")
-      where = f", {start_step} steps into epoch {start_epoch + 1}" if start_step else ""
-      log(f"resumed from {ckpt.directory / str(step)} (epoch {start_epoch}, step {step}"
-          f"{where})")
-    if start_epoch >= config.epochs:
-      log(f"run already finished: {start_epoch} of {config.epochs} epochs in {workdir}")
+    cleanup.callback(ckpt.close)
+    state, position = _restore(ckpt, state, mesh, log)
+    history = position.history
+    if position.epoch >= config.epochs:
+      log(f"run already finished: {position.epoch} of {config.epochs} epochs in {workdir}")
       return state, history
-
     # Data is loaded only when there is training to do (a finished run answers at once),
     # and before anything is written (a data error leaves the workdir as it was).
     train_split, test_split = splits if splits is not None else data.load_dataset(config)
-    steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
-    if steps_per_epoch < 1:
-      raise data.DataError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
-                           "training examples; use a smaller --batch-size")
+    ctx = _context(config, workdir, mesh, ckpt, train_split, test_split, task, stop, main)
     if main:
-      workdir_lib.record_start(workdir, config, start_epoch, start_step, _step(state),
-                               warn=_warn)
+      workdir_lib.record_start(workdir, config, position.epoch, position.epoch_step,
+                               _step(state), warn=_warn)
       store_task(workdir, config, task)
-      # metrics.jsonl follows the checkpoint: lines of epochs it does not hold are dropped.
-      reporting.write_jsonl(workdir / "metrics.jsonl", history)
-      board = _open_tensorboard(workdir, config)
-    rows = parallel.process_rows(config.batch_size)
-    train_step, eval_step = jit_steps()
-    train_steps = jit_train_steps()
-    # Dropout masks: fold_in(key, step) inside the step (unused without dropout).
-    dropout_key = parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh)
-    saved_step = _step(state)
-    every = max(1, steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
+    writer = cleanup.enter_context(contextlib.closing(
+        reporting.RunWriter(workdir, config, history, log, enabled=main)))
     stop.immediate = False  # from here on, a signal stops after the current call and saves
-    for epoch in range(start_epoch, config.epochs):
-      first = start_step if epoch == start_epoch else 0
-      totals = dict(partial) if (partial and epoch == start_epoch) else {
-          "loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
-      t0 = time.perf_counter() - totals["seconds"]
-      # Global step = base + steps done in this epoch; read once per epoch, because
-      # reading state.step after every step would wait for the device each time.
-      base = _step(state) - first
-      progress = reporting.Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}",
-                                    config.batch_size, enabled=config.progress and main,
-                                    start=first)
-      # Metrics not yet read, one entry per call: (a step's, or stacked [k]; step count).
-      pending: list[tuple[steps.Metrics, int]] = []
-      batches = data.train_batches(train_split, config.batch_size, config.seed, epoch,
-                                   start_step=first, max_shift=config.augment_shift,
-                                   shard=rows, task=task)
-      i = first
-      while i < steps_per_epoch:
-        end = call_end(i, steps_per_epoch, config.steps_per_call, base,
-                       config.checkpoint_every_steps)
-        group = [next(batches) for _ in range(end - i)]
-        if len(group) == config.steps_per_call > 1:  # a whole call: one scan
-          stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
-          state, m = train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True),
-                                 dropout_key)
-          pending.append((m, len(group)))
-          done = len(group)
-        else:  # a short piece (epoch end, periodic checkpoint): one step at a time
-          done = 0
-          for batch in group:
-            state, m = train_step(state, parallel.shard_batch(batch, mesh), dropout_key)
-            pending.append((m, 1))
-            done += 1
-            if stop.signum is not None:
-              break
-        previous, i = i, i + done
-        step = base + i
-        periodic = (config.checkpoint_every_steps > 0
-                    and step % config.checkpoint_every_steps == 0)
-        stopping = stop.signum is not None
-        full = i == steps_per_epoch or periodic or stopping  # read everything: a save
-        if not (full or i // every > previous // every):
-          continue
-        # A progress read leaves the newest call's metrics for the next one, so that the
-        # device works on that call while the host waits for the earlier ones.
-        ready, pending = (pending, []) if full else (pending[:-1], pending[-1:])
-        if not ready:
-          continue
-        fetched = unstack(parallel.to_host([m for m, _ in ready]))
-        last = i - sum(k for _, k in pending)  # epoch position of the last step read
-        first_step_of_pending = base + last - len(fetched) + 1
-        losses = [float(x["loss_sum"]) for x in fetched]
-        bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
-        if bad:
-          raise _diverged(workdir, ckpt, epoch, first_step_of_pending + bad[0],
-                          losses[bad[0]] / config.batch_size, main)
-        totals = steps.accumulate(totals, fetched)  # keeps "seconds" as it was
-        progress.update(last, losses[-1] / config.batch_size)
-        if i < steps_per_epoch and (periodic or stopping) and step != saved_step:
-          totals["seconds"] = time.perf_counter() - t0
-          ckpt.save(step, state, {"epoch": epoch, "epoch_step": i, "partial": totals,
-                                  "history": history})
-          saved_step = step
-        if stopping and i < steps_per_epoch:
-          progress.close()
-          raise _preempted(stop.signum, ckpt, epoch, i, steps_per_epoch, step)
-      train_seconds = time.perf_counter() - t0
-      progress.close()
-      count = max(totals["count"], 1)
-      test = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh, task)
-      step = _step(state)
-      record = {
-          "epoch": epoch + 1, "step": step,
-          "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
-          "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-          "test_correct": test["correct"], "test_count": test["count"],
-          "test_confusion": test["confusion"].tolist(),
-          "learning_rate": float(steps.make_schedule(config)(step)),
-          "images_per_second": totals["count"] / train_seconds,
-          "seconds": time.perf_counter() - t0,
-      }
+    for epoch in range(position.epoch, config.epochs):
+      resumed = epoch == position.epoch
+      state, totals, t0, train_seconds = train_epoch(
+          ctx, state, epoch, position.epoch_step if resumed else 0,
+          position.partial if resumed else None, history)
+      record, confusion = evaluate_epoch(ctx, state, epoch, totals, t0, train_seconds)
       history.append(record)
-      ckpt.save(step, state, {"epoch": epoch + 1, "history": history},
-                metrics={"test_accuracy": test["accuracy"]})
-      saved_step = step
-      log(reporting.epoch_line(record))
-      if main:
-        reporting.append_jsonl(workdir / "metrics.jsonl", record)
-        if board is not None:
-          board.write_epoch(record)
-        if config.plots:
-          _write_plots(workdir, history, test["confusion"])
+      ckpt.save(record["step"], state,
+                checkpointing.Position(epoch + 1, 0, None, history).to_meta(),
+                metrics={"test_accuracy": record["test_accuracy"]})
+      writer.write_epoch(record, confusion)
       if stop.signum is not None and epoch + 1 < config.epochs:
-        raise _preempted(stop.signum, ckpt, epoch + 1, 0, steps_per_epoch, saved_step)
-  finally:
-    stop.__exit__()
-    if ckpt is not None:
-      ckpt.close()
-    if board is not None:
-      board.close()
-    if lock is not None:
-      lock.release()
+        raise _preempted(stop.signum, ckpt, epoch + 1, 0, ctx.steps_per_epoch, record["step"])
   return state, history
+
+
+def _context(config, workdir, mesh, ckpt, train_split, test_split, task, stop, main):
+  """The run's `Context`: the jitted steps, the dropout key, the epoch's length."""
+  steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
+  if steps_per_epoch < 1:
+    raise data.DataError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
+                         "training examples; use a smaller --batch-size")
+  train_step, eval_step = jit_steps()
+  return Context(config, workdir, mesh, ckpt, train_split, test_split, task, steps_per_epoch,
+                 train_step, jit_train_steps(), eval_step,
+                 parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh),
+                 stop, main)
+
+
+def _check_before_work(config: Config, workdir: Path):
+  """Every check that needs no data and writes nothing: memory, devices, the kernel, the
+  workdir. Returns (mesh, whether this is process 0)."""
+  resources.check_memory(config)  # before anything is allocated
+  mesh = parallel.make_mesh()
+  parallel.check_batch_sizes(config, mesh)
+  lstm_kernel.describe(config)  # lstm_kernel "cpu" where it cannot run: say so first
+  check_workdir(workdir, config)
+  return mesh, parallel.is_main_process()
+
+
+def _restore(ckpt: checkpointing.Checkpointer, state, mesh, log):
+  """The newest readable checkpoint onto this mesh (any earlier topology), and its
+  position; a fresh run's state and position 0 when there is none."""
+  restored = ckpt.restore(parallel.abstract_replicated(state, mesh))
+  if restored is None:
+    return state, checkpointing.Position()
+  state, meta, step = restored
+  position = checkpointing.Position.from_meta(meta)
+  where = (f", {position.epoch_step} steps into epoch {position.epoch + 1}"
+           if position.epoch_step else "")
+  log(f"resumed from {ckpt.directory / str(step)} (epoch {position.epoch}, step {step}"
+      f"{where})")
+  return state, position
+
+
+def train_epoch(ctx: Context, state, epoch: int, first: int, partial: dict | None,
+                history: list[dict[str, Any]]):
+  """Trains epoch `epoch` from its step `first` (with the running totals `partial` of a
+  resumed epoch): one flat loop over the calls `loop.plan_epoch` plans.
+
+  Returns (state, totals, t0, train_seconds); raises Preempted after saving when a signal
+  asks to stop, TrainingDiverged at a non-finite loss.
+  """
+  c = ctx.config
+  totals = dict(partial) if partial else {"loss_sum": 0.0, "correct": 0, "count": 0,
+                                          "seconds": 0.0}
+  t0 = time.perf_counter() - totals["seconds"]
+  # Global step = base + steps done in this epoch; read once per epoch, because reading
+  # state.step after every step would wait for the device each time.
+  base = _step(state) - first
+  progress = reporting.Progress(ctx.steps_per_epoch, f"epoch {epoch + 1}/{c.epochs}",
+                                c.batch_size, enabled=c.progress and ctx.main, start=first)
+  reader = loop.PendingMetrics(totals, first, base, c.batch_size, fetch=parallel.to_host)
+  batches = data.train_batches(ctx.train_split, c.batch_size, c.seed, epoch, start_step=first,
+                               max_shift=c.augment_shift,
+                               shard=parallel.process_rows(c.batch_size), task=ctx.task)
+  every = max(1, ctx.steps_per_epoch // 50)  # host syncs per epoch: progress, NaN checks
+  for call in loop.plan_epoch(first, ctx.steps_per_epoch, c.steps_per_call, base,
+                              c.checkpoint_every_steps, every):
+    state, done = _run_call(ctx, state, call, batches, reader)
+    stopping = ctx.stop.signum is not None
+    if not (call.read or stopping):
+      continue
+    try:
+      loss = reader.read(lag=not (call.last or call.save or stopping))
+    except loop.Diverged as e:
+      raise _diverged(ctx.workdir, ctx.ckpt, epoch, e.step, e.loss, ctx.main) from None
+    if loss is not None:
+      progress.update(reader.position, loss)
+    i = call.start + done
+    if i < ctx.steps_per_epoch and (call.save or stopping):
+      reader.totals["seconds"] = time.perf_counter() - t0
+      ctx.ckpt.save(base + i, state, checkpointing.Position(
+          epoch, i, reader.totals, history).to_meta())
+      if stopping:
+        progress.close()
+        raise _preempted(ctx.stop.signum, ctx.ckpt, epoch, i, ctx.steps_per_epoch, base + i)
+  train_seconds = time.perf_counter() - t0
+  progress.close()
+  return state, reader.totals, t0, train_seconds
+
+
+def _run_call(ctx: Context, state, call: loop.Call, batches, reader: loop.PendingMetrics):
+  """Runs the steps of `call`: one `train_steps` scan for a whole group, else one
+  `train_step` at a time (a short piece: the epoch's end, a periodic checkpoint), stopping
+  early when a signal asks. Returns (state, steps done)."""
+  group = [next(batches) for _ in range(call.stop - call.start)]
+  if call.scanned:
+    stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
+    state, m = ctx.train_steps(state, parallel.shard_batch(stacked, ctx.mesh, stacked=True),
+                               ctx.dropout_key)
+    reader.add(m, len(group))
+    return state, len(group)
+  done = 0
+  for batch in group:
+    state, m = ctx.train_step(state, parallel.shard_batch(batch, ctx.mesh), ctx.dropout_key)
+    reader.add(m, 1)
+    done += 1
+    if ctx.stop.signum is not None:
+      break
+  return state, done
+
+
+def evaluate_epoch(ctx: Context, state, epoch: int, totals: dict, t0: float,
+                   train_seconds: float):
+  """The epoch's record (as in metrics.jsonl) after evaluating on the test split, and the
+  test confusion matrix."""
+  c = ctx.config
+  count = max(totals["count"], 1)
+  test = evaluate(ctx.eval_step, state, ctx.test_split, c.eval_batch_size, ctx.mesh, ctx.task)
+  step = _step(state)
+  record = {
+      "epoch": epoch + 1, "step": step,
+      "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
+      "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+      "test_correct": test["correct"], "test_count": test["count"],
+      "test_confusion": test["confusion"].tolist(),
+      "learning_rate": float(steps.make_schedule(c)(step)),
+      "images_per_second": totals["count"] / train_seconds,
+      "seconds": time.perf_counter() - t0,
+  }
+  return record, test["confusion"]
 
 
 def _warn(message: str) -> None:
   print(message, file=reporting.console(), flush=True)
-
-
-def _open_tensorboard(workdir: Path, config: Config):
-  if not config.tensorboard:
-    return None
-  try:
-    return tensorboard.Writer(workdir, config)
-  except ImportError as e:  # a minimal JAX-only machine: train anyway
-    print(f"warning: no TensorBoard events ({e}); pip install tensorboardX to have them",
-          file=reporting.console(), flush=True)
-    return None
-
-
-def _write_plots(workdir: Path, history: list[dict[str, Any]], confusion) -> None:
-  """curves.png and confusion_matrix.png; a failure is reported, never fatal to training."""
-  try:
-    plots.write_run_plots(workdir, history, confusion)
-  except Exception as e:  # noqa: BLE001 - a figure must not cost a training run
-    print(f"warning: could not write the plots in {workdir} ({type(e).__name__}: {e})",
-          file=reporting.console(), flush=True)
 
 
 def _step(state) -> int:
