@@ -10,7 +10,7 @@ Command (from the repository root):
                                                                      # per-class accuracy
     python experiments/mnist_lstm.py predict --workdir runs/default digit.png ...
 
-Expected on a 2-core x86 CPU (AMD EPYC, no GPU), as measured (see README "Results"):
+Expected on a 2-core x86 CPU (AMD EPYC, no GPU), as measured (see docs/results.md):
   --preset default   20 epochs, about 12 minutes, 99.35-99.41% test accuracy (3 seeds)
   --preset tutorial  13 epochs, about 7.5 minutes, about 98.7% test accuracy (98.2-98.9
                      over the last epochs: it wanders)

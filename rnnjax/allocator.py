@@ -4,7 +4,7 @@ By default glibc's malloc returns freed memory to the kernel and takes it back o
 step, so a training process spends seconds per minute in page faults (the kernel time of
 `time python experiments/mnist_lstm.py` shows it). Transparent huge pages for malloc
 (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) measured fastest for rnnjax's training steps on
-the project's CPU; the figures are in experiments/speed_notes.md.
+the project's CPU; the figures are in docs/lab/2026-11-speed-notes.md.
 
 glibc reads its tunables once, when a process starts, so the commands (`mnist_lstm.py`,
 `benchmark.py`) call `use_tuned_allocator()` first thing: it restarts the same command in

@@ -96,7 +96,7 @@ class Config:
     steps_per_call: training steps per call of the jitted function (`steps.train_steps`,
       a scan over that many batches; 1: one `train_step` per call). The updates are the
       same bit for bit; fewer calls save the per-call buffer allocations (+9% images/s at
-      the tutorial setting on the project's CPU, experiments/speed_notes.md item 8).
+      the tutorial setting on the project's CPU, docs/lab/2026-11-speed-notes.md item 8).
     lstm_kernel: how `lstm` layers run: `auto` (rnnjax's CPU kernel where it can run: one
       CPU device, float32, the kernel built; else the `nn.RNN` scan), `cpu` (the kernel, an
       error where it cannot run) or `xla` (always the scan). Same parameters and equations;
@@ -274,7 +274,7 @@ def tutorial() -> Config:
 
 
 def default() -> Config:
-  """The best single-run setup found for a 2-core CPU within 15 minutes (see README)."""
+  """The best single-run setup found for a 2-core CPU within 15 minutes (docs/results.md)."""
   return Config(
       name="default", epochs=20, batch_size=100, learning_rate=2e-3, schedule="cosine",
       warmup_epochs=1.0, grad_clip_norm=1.0, augment_shift=2)
@@ -288,7 +288,7 @@ def tiny() -> Config:
 
 
 # ----------------------------------------------------------------------------------------
-# Research presets (issue 7): one per experiments/<name>.py script, whose docstring holds the
+# Research presets: one per experiments/<name>.py script, whose docstring holds the
 # command, the time and the accuracy measured. Row-wise ones share `default`'s recipe.
 
 def row_lstm() -> Config:
@@ -317,7 +317,7 @@ def _pixel_recipe(**changes) -> Config:
 
 def seq_lstm() -> Config:
   """Sequential (pixel-by-pixel) MNIST, LSTM 128, Adam 1e-4: at 1e-3 and 5e-4 it collapsed
-  to chance in epoch 2 (README "Results"); 1e-4 kept learning through the 3 epochs run."""
+  to chance in epoch 2 (docs/results.md); 1e-4 kept learning through the 3 epochs run."""
   return _pixel_recipe(name="seq_lstm", learning_rate=1e-4)
 
 

@@ -58,7 +58,7 @@ def mnist_dir():
 
 @pytest.fixture(scope="session")
 def tfds_data_dir(mnist_dir, tmp_path_factory):
-  """A tfds data dir with `mnist` prepared offline from the real files (once per session)."""
+  """A tfds data dir with `mnist` prepared offline from the real files (once per test run)."""
   pytest.importorskip("tensorflow_datasets")
   path = tmp_path_factory.mktemp("tfds")
   data.prepare_tfds("mnist", data_dir=str(path), manual_dir=str(mnist_dir))

@@ -78,7 +78,7 @@ def test_tensorboard_scalars_read_back_with_tensorboards_own_reader(synthetic_ru
     np.testing.assert_array_equal([e.value for e in events],
                                   np.float32([r[key] for r in history]), err_msg=tag)
   assert tags["tensors"] == ["config/text_summary"], tags
-  # The hyperparameters plugin's session summary holds the whole config.
+  # The hyperparameters plugin's summary holds the whole config.
   from tensorboard.plugins.hparams import plugin_data_pb2
   content = acc.PluginTagToContent("hparams")
   start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])

@@ -1,4 +1,4 @@
-"""Tasks, cells and architectures of issue 7 against independent references.
+"""Tasks, cells and architectures against independent references.
 
 Cells: each against a float64 NumPy implementation of its equations (`tests/reference.py`),
 stacked, bidirectional and with both readouts. Tasks: exact input shapes and pixel orders,

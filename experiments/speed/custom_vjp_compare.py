@@ -4,7 +4,7 @@ custom_vjp_lstm.py, same parameters, train steps with Adam, alternating in one p
     python experiments/speed/custom_vjp_compare.py HIDDEN BATCH TIME FEATURES base 1 base 1
 
 prints the logits and gradient differences, then images/s for each entry (`base`, or an
-unroll count for the custom layer). Results: experiments/speed_notes.md.
+unroll count for the custom layer). Results: docs/lab/2026-11-speed-notes.md.
 """
 import time, sys, pathlib, jax, jax.numpy as jnp, numpy as np, optax
 HERE = pathlib.Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Experiment (not adopted, see experiments/speed_notes.md): a whole LSTM layer as one
+"""Experiment (not adopted, see docs/lab/2026-11-speed-notes.md): a whole LSTM layer as one
 function with a hand-written backward pass.
 
 `lstm_layer` computes exactly the recurrence of `nn.RNN(nn.OptimizedLSTMCell)` on the same

@@ -1,4 +1,4 @@
-"""Experiment (not adopted, see experiments/speed_notes.md, item 10): an LSTM layer that
+"""Experiment (not adopted, see docs/lab/2026-11-speed-notes.md, item 10): an LSTM layer that
 returns only its final carry (what the `last` readout needs), with the gates kept as one
 `[B, 4H]` array (`trick`: sigmoid(z) = 0.5 tanh(z/2) + 0.5, so one tanh covers all four
 gates) and a hand-written backward pass like custom_vjp_lstm.py.

@@ -3,7 +3,7 @@ all 28 rows), against nn.RNN(OptimizedLSTMCell), same parameters; train steps wi
 
     python experiments/speed/hoist_input_projection.py HIDDEN BATCH
 
-Results: experiments/speed_notes.md.
+Results: docs/lab/2026-11-speed-notes.md.
 """
 import time, sys, jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))

@@ -18,7 +18,7 @@
 //   g++ -DDRIVER experiments/speed/kernel_ab.cc -o /tmp/ab -ldl
 //   /tmp/ab /tmp/a.so /tmp/b.so -- 28 128 28 128 40     # T B F H ROUNDS
 //
-// Used for speed_notes.md item 15 (the older build's wrappers passed x and hs where these
+// Used for docs/lab/2026-11-speed-notes.md item 15 (the older build's wrappers passed x and hs where these
 // pass xh, as its functions took them).
 #ifndef DRIVER
 #include KSRC

@@ -4,7 +4,7 @@ steps.
 
     python experiments/speed/profile_step.py BATCH HIDDEN
 
-Result (experiments/speed_notes.md, item 9, measured with an earlier version of this script
+Result (docs/lab/2026-11-speed-notes.md, item 9, measured with an earlier version of this script
 that built its own copy of the same model and step): about two thirds of the step in
 matmuls, the rest in some 20 small element-wise fusions, stacking copies and buffer
 initialisation.

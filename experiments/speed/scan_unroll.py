@@ -3,7 +3,7 @@ alternating in one process (images/s, median of 5 windows of 20 steps).
 
     python experiments/speed/scan_unroll.py BATCH HIDDEN 1,2,4,7,28
 
-Result (experiments/speed_notes.md, item 7): every unroll > 1 is slower on the 2-core CPU.
+Result (docs/lab/2026-11-speed-notes.md, item 7): every unroll > 1 is slower on the 2-core CPU.
 """
 import sys, time, statistics
 import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn

@@ -4,7 +4,7 @@ device-resident batches per timed pass, alternating in one process (median of 5)
 
     python experiments/speed/steps_in_one_call.py BATCH HIDDEN 1,10,30,60
 
-Results: experiments/speed_notes.md, items 8 (measured with an earlier version of this
+Results: docs/lab/2026-11-speed-notes.md, items 8 (measured with an earlier version of this
 script that built its own copy of the same model and step) and 12.
 """
 import pathlib
