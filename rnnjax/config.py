@@ -205,6 +205,9 @@ def validate(c: Config) -> list[str]:
     value = getattr(c, field)
     if not _is_int(value) or value < 1:
       errors.append(f"{field} must be a positive integer, got {value!r}")
+  if _is_int(c.num_classes) and c.num_classes < 10:
+    errors.append(f"num_classes must be at least 10 (every dataset rnnjax reads has 10 "
+                  f"classes), got {c.num_classes}")
   if _is_int(c.batch_size) and c.batch_size > TRAIN_EXAMPLES:
     errors.append(f"batch_size {c.batch_size} exceeds the {TRAIN_EXAMPLES:,} training images "
                   f"of every dataset; use at most {TRAIN_EXAMPLES}")

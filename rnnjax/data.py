@@ -305,6 +305,25 @@ def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
   return builder
 
 
+def remove_unfinished(data_dir, dataset: str, since: float) -> list[Path]:
+  """Removes tfds's unfinished preparation folders (`incomplete.*`, under the data dir's
+  `dataset` folder or its downloads) made since the time `since` (this run's): what a
+  stopped preparation leaves behind."""
+  import shutil
+  root = Path(data_dir or default_data_dir()).expanduser()
+  removed = []
+  folders = [f for sub in (dataset, "downloads") if (root / sub).is_dir()
+             for f in (root / sub).glob("**/incomplete.*")]
+  for folder in folders:
+    try:
+      if folder.is_dir() and folder.stat().st_mtime >= since - 1:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    except OSError:
+      continue
+  return removed
+
+
 def load_tfds(split: str, data_dir=None, manual_dir=None, dataset: str = "mnist") -> Split:
   """Reads `split` of `dataset` through tfds and tf.data, in the order of the IDX files."""
   tfds = _import_tfds()

@@ -114,9 +114,11 @@ class StopSignals:
   """Turns SIGTERM and SIGINT into a request to stop after the current call of the step
   function (at most `Config.steps_per_call` steps).
 
-  While `immediate` is set (before the training loop: data preparation, restore), a signal
-  raises `Interrupted` at once instead, so that clean-up code (tfds's removal of its
-  unfinished folder) runs and the run says why it stopped. A second SIGINT (Ctrl-C twice)
+  While `immediate` is set (before the training loop: data preparation, restore), SIGINT
+  raises `Interrupted` at once instead (a notebook's interrupt stays an exception), and
+  SIGTERM ends the process at once: `on_terminate` runs (removing tfds's unfinished folder),
+  one line says why, exit status 143. (Raising inside tfds's preparation can leave its
+  worker threads waiting at exit: seen as a hang under load.) A second SIGINT (Ctrl-C twice)
   raises KeyboardInterrupt at once: the run then resumes from its last checkpoint. Handlers
   are installed only in the main thread and restored on exit, so a notebook kernel gets its
   own back.
@@ -124,12 +126,20 @@ class StopSignals:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, immediate: bool = False):
+  def __init__(self, immediate: bool = False, on_terminate: Callable[[], Any] | None = None):
     self.signum: int | None = None
-    self.immediate = immediate
+    self.immediate, self.on_terminate = immediate, on_terminate
     self._previous = {}
 
   def _handle(self, signum, frame):
+    if self.immediate and signum == signal.SIGTERM:
+      try:
+        if self.on_terminate is not None:
+          self.on_terminate()
+        message = f"\n{Interrupted(signum)}\n".encode()
+        os.write(reporting.console().fileno(), message)  # no buffered stream: it may be busy
+      finally:
+        os._exit(128 + signum)
     if self.immediate:
       raise Interrupted(signum)
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
@@ -191,7 +201,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   with contextlib.ExitStack() as cleanup:
     if main:  # one writer per workdir
       cleanup.callback(workdir_lib.Lock(workdir).acquire().release)
-    stop = cleanup.enter_context(StopSignals(immediate=True))
+    started = time.time()
+    stop = cleanup.enter_context(StopSignals(immediate=True, on_terminate=lambda: (
+        data.remove_unfinished(config.data_dir, config.dataset, started))))
     task = load_task(workdir, config)
     state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)),
                                mesh)

@@ -192,3 +192,45 @@ def test_preset_scripts(name, tmp_path):
   r = subprocess.run([sys.executable, str(script), "evaluate", "--workdir", tmp_path / "none"],
                      capture_output=True, text=True, cwd=REPO, timeout=60)
   assert r.returncode == 1 and "no workdir" in r.stderr
+
+
+def test_every_config_field_has_a_flag():
+  """Each field of Config is set by a flag of the train command (a value unlike every
+  preset's), and the flag reaches that field, the rest unchanged."""
+  import dataclasses
+  from rnnjax import cli, config as config_lib
+  values = {
+      "name": ["--preset", "tiny"], "dataset": ["--dataset", "kmnist"],
+      "task": ["--task", "permuted"], "permutation_seed": ["--permutation-seed", "3"],
+      "cell": ["--cell", "lstm_cell"], "forget_bias": ["--forget-bias", "0.5"],
+      "hidden_size": ["--hidden-size", "7"], "num_layers": ["--num-layers", "3"],
+      "bidirectional": ["--bidirectional"], "dropout": ["--dropout", "0.25"],
+      "readout": ["--readout", "mean"], "num_classes": ["--num-classes", "12"],
+      "batch_size": ["--batch-size", "40"], "eval_batch_size": ["--eval-batch-size", "50"],
+      "epochs": ["--epochs", "9"], "optimizer": ["--optimizer", "adamw"],
+      "learning_rate": ["--learning-rate", "0.003"], "schedule": ["--schedule", "cosine"],
+      "warmup_epochs": ["--warmup-epochs", "0.5"],
+      "final_lr_fraction": ["--final-lr-fraction", "0.1"],
+      "grad_clip_norm": ["--grad-clip-norm", "2"],
+      "weight_decay": ["--weight-decay", "0.01", "--optimizer", "adamw"],
+      "augment_shift": ["--augment-shift", "3"], "seed": ["--seed", "11"],
+      "keep_checkpoints": ["--keep-checkpoints", "4"],
+      "checkpoint_every_steps": ["--checkpoint-every", "13"],
+      "steps_per_call": ["--steps-per-call", "5"], "lstm_kernel": ["--lstm-kernel", "xla"],
+      "data_source": ["--data-source", "idx"], "data_dir": ["--data-dir", "/tmp/d"],
+      "manual_dir": ["--manual-dir", "/tmp/m"], "progress": ["--no-progress"],
+      "tensorboard": ["--no-tensorboard"], "plots": ["--no-plots"],
+      "memory_limit_gib": ["--memory-limit", "7"],
+  }
+  fields = [f.name for f in dataclasses.fields(config_lib.Config)]
+  assert sorted(values) == sorted(fields)  # a new field needs a flag (and a line here)
+  parse = cli.make_parser().parse_args
+  base = cli.build_config(parse(["--preset", "tutorial"]))
+  for field, flag in values.items():
+    args = (flag if field == "name" else ["--preset", "tutorial", *flag])
+    changed = cli.build_config(parse(args))
+    assert getattr(changed, field) != getattr(base, field), field
+    # A preset sets many fields; weight decay needs its optimizer; a dataset brings its
+    # own default offline folder.
+    if field not in ("name", "weight_decay", "dataset"):
+      assert dataclasses.replace(changed, **{field: getattr(base, field)}) == base, field

@@ -1,0 +1,403 @@
+"""rnnjax's command line: `rnnjax train|evaluate|predict ...`, also run as
+`python experiments/mnist_lstm.py ...` (train is the default command).
+
+    rnnjax train --workdir runs/default           # train (or resume) the default preset
+    rnnjax evaluate --workdir runs/default        # test loss, accuracy, per-class accuracy
+    rnnjax predict --workdir runs/default digit.png ...
+
+Every flag of `train` sets the `Config` field of the same name (`--hidden-size` ->
+`hidden_size`; `--preset` picks the starting config, `--no-progress` turns `progress` off);
+docs/cli.md lists them with the exit statuses. Commands restart themselves with glibc's
+malloc tuned for speed (rnnjax/allocator.py; `RNNJAX_ALLOCATOR=system` turns that off).
+Every command ends an unexpected failure with one `error:` line naming the file that holds
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rnnjax import allocator  # light: no JAX, no TF
+from rnnjax import config as config_lib
+
+REPO = Path(__file__).resolve().parent.parent  # the checkout, when installed from one
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
+def non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+  return value
+
+
+def positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+  if not value > 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+  return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      description="Train a recurrent classifier (by default an LSTM on row-wise MNIST); "
+                  "rerun the same command to resume. "
+                  "Subcommands for a trained workdir: `evaluate --workdir W` and "
+                  "`predict --workdir W IMAGE...` (see `evaluate --help`).",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--workdir",
+                 help="where config.json, metrics.jsonl and checkpoints/ go (default: "
+                      "runs/PRESET)")
+  p.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
+                 help="starting configuration; the flags below override it")
+  m = p.add_argument_group("task and model")
+  m.add_argument("--dataset", choices=config_lib.DATASETS)
+  m.add_argument("--task", choices=config_lib.TASKS,
+                 help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: "
+                      "784 pixels in a fixed random order")
+  m.add_argument("--permutation-seed", type=non_negative_int,
+                 help="seed of the permuted task's pixel order")
+  m.add_argument("--cell", choices=config_lib.CELLS)
+  m.add_argument("--forget-bias", type=float, help="added to the LSTM forget-gate bias at init")
+  m.add_argument("--hidden-size", type=positive_int)
+  m.add_argument("--num-layers", type=positive_int)
+  m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
+  m.add_argument("--dropout", type=float, help="rate on every recurrent layer's outputs")
+  m.add_argument("--readout", choices=config_lib.READOUTS)
+  m.add_argument("--num-classes", type=positive_int,
+                 help="logits of the readout (every dataset here has 10; at least 10)")
+  o = p.add_argument_group("training")
+  o.add_argument("--epochs", type=positive_int)
+  o.add_argument("--batch-size", type=positive_int)
+  o.add_argument("--eval-batch-size", type=positive_int)
+  o.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
+  o.add_argument("--learning-rate", type=positive_float)
+  o.add_argument("--schedule", choices=config_lib.SCHEDULES)
+  o.add_argument("--warmup-epochs", type=float, help="linear warm-up (cosine schedule)")
+  o.add_argument("--final-lr-fraction", type=float,
+                 help="end of the cosine decay, as a fraction of --learning-rate")
+  o.add_argument("--grad-clip-norm", type=float, help="clip by global norm (0: off)")
+  o.add_argument("--weight-decay", type=float, help="decoupled weight decay (adamw)")
+  o.add_argument("--augment-shift", type=non_negative_int,
+                 help="random training-image shifts of up to this many pixels (0: off)")
+  o.add_argument("--seed", type=non_negative_int)
+  p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
+                 help="tfds, idx (NumPy reader, no TensorFlow) or auto (tfds if installed)")
+  p.add_argument("--data-dir", help="tfds data dir (default: tfds's, ~/tensorflow_datasets)")
+  p.add_argument("--manual-dir",
+                 help="folder with the dataset's four IDX files for offline use (default: "
+                      "$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET when it exists)")
+  p.add_argument("--checkpoint-every", type=non_negative_int, metavar="STEPS",
+                 help="also checkpoint every STEPS training steps (default: after each "
+                      "epoch, and on SIGTERM/SIGINT)")
+  p.add_argument("--keep-checkpoints", type=positive_int, metavar="N",
+                 help="how many of the latest checkpoints to keep (the best is kept too)")
+  p.add_argument("--steps-per-call", type=positive_int, metavar="K",
+                 help="training steps per call of the jitted step function (default 10; "
+                      "1: one step per call); the same updates either way")
+  p.add_argument("--lstm-kernel", choices=config_lib.LSTM_KERNELS,
+                 help="how LSTM layers run: auto (default: rnnjax's CPU kernel where it can "
+                      "run, else the nn.RNN scan), cpu (the kernel, or an error) or xla (the "
+                      "scan); same parameters and equations")
+  p.add_argument("--memory-limit", type=positive_float, metavar="GIB",
+                 help="refuse to start when the run's estimated memory exceeds this many GiB "
+                      "(default: the machine's memory)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--no-tensorboard", action="store_true",
+                 help="do not write TensorBoard events into the workdir")
+  p.add_argument("--no-plots", action="store_true",
+                 help="do not write curves.png and confusion_matrix.png into the workdir")
+  g = p.add_argument_group(
+      "several processes (hosts)", "run the same command in every process, each with its "
+      "own --process-id; default: $RNNJAX_COORDINATOR, $RNNJAX_NUM_PROCESSES, "
+      "$RNNJAX_PROCESS_ID; none given: one process, all its devices")
+  g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+  g.add_argument("--num-processes", type=positive_int)
+  g.add_argument("--process-id", type=non_negative_int)
+  g.add_argument("--join-timeout", type=positive_float, default=120, metavar="SECONDS",
+                 help="how long to wait for every process to join before giving up (at "
+                      "most a day)")
+  return p
+
+
+def make_inspect_parser(command: str) -> argparse.ArgumentParser:
+  what = {"evaluate": "Evaluate a trained run's checkpoint on the test set: loss, accuracy "
+                      "and per-class accuracy.",
+          "predict": "Classify image files (PNG, JPEG: any size, dark-on-light or "
+                     "light-on-dark) with a trained run's checkpoint."}[command]
+  p = argparse.ArgumentParser(prog=f"{Path(sys.argv[0]).name} {command}", description=what,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--workdir", default="runs/default", help="the run's workdir")
+  p.add_argument("--checkpoint", default="best",
+                 help="best (by test accuracy), latest, or a step number")
+  if command == "evaluate":
+    p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
+                   help="override the run's data source")
+    p.add_argument("--manual-dir", help="folder with the dataset's four files (offline); "
+                   "default: the run's, else $RNNJAX_MANUAL_DIR or ../shared/data/DATASET")
+  else:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files of digits")
+    p.add_argument("--top", type=positive_int, default=3, help="classes shown per image")
+  return p
+
+
+def inspect_main(command: str, argv: list[str], preset: str = "default",
+                 state: dict | None = None) -> int:
+  """`evaluate` and `predict`: read-only uses of a workdir."""
+  parser = make_inspect_parser(command)
+  parser.set_defaults(workdir=f"runs/{preset}")
+  args = parser.parse_args(argv)
+  check_workdir_flag(parser, args.workdir)
+  workdir = Path(args.workdir)
+  if not workdir.is_dir():
+    print(f"error: no workdir {workdir}; train first: python experiments/mnist_lstm.py "
+          f"--workdir {workdir}", file=sys.stderr)
+    return 1
+  from rnnjax import data, inference, parallel, reporting
+  try:
+    parallel.devices()  # JAX_PLATFORMS naming a platform this machine lacks
+  except parallel.ParallelError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 1
+  terminal = library_output_to(workdir)
+  if state is not None and terminal is not sys.stderr:
+    state["log"] = workdir / "library.log"
+  reporting.set_console(terminal)
+  try:
+    if command == "predict":
+      images = inference.load_images(args.images)  # bad files fail before the restore
+    run = inference.load_run(workdir, args.checkpoint)
+    recorded = run.record or {}
+    print(f"checkpoint {run.step} ({run.which}) of {workdir}: {run.config.name} preset, "
+          f"epoch {recorded.get('epoch', '?')}", flush=True)
+    from rnnjax import workdir as workdir_lib
+    history = workdir_lib.describe_configs(workdir)
+    if history:
+      print(f"trained under: {history} (configs.jsonl)")
+    if command == "evaluate":
+      return _evaluate(run, args, recorded)
+    probs = inference.predict(run, images)
+    for path, p in zip(args.images, probs):
+      top = np.argsort(-p)[:args.top]
+      print(f"{reporting.shown(path)}: " + ", ".join(f"{k} ({100 * p[k]:.1f}%)" for k in top))
+    return 0
+  except (inference.InferenceError, data.DataError) as e:
+    print(f"error: {e}", file=terminal)
+    return 1
+
+
+def _evaluate(run, args, recorded: dict) -> int:
+  from rnnjax import data, inference
+  config = run.config
+  manual_dir = args.manual_dir or config.manual_dir
+  if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
+    manual_dir = default_manual_dir(config.dataset)  # the run's folder is not here
+  test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
+                         manual_dir, config.dataset)
+  r = inference.evaluate_run(run, test)
+  print(f"test loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}% "
+        f"({r['correct']:,} of {r['count']:,})")
+  if "test_accuracy" in recorded:
+    same = "the same" if r["correct"] == recorded.get("test_correct") else "DIFFERENT"
+    print(f"recorded by the training run for this checkpoint: "
+          f"{100 * recorded['test_accuracy']:.2f}% ({recorded.get('test_correct')}): {same}")
+  m = r["confusion"]
+  print("per-class accuracy:")
+  for k, acc in enumerate(r["per_class_accuracy"]):
+    wrong = np.argsort(-np.where(np.arange(len(m)) == k, -1, m[k]))[0]
+    print(f"  {k}: {100 * acc:6.2f}% ({m[k, k]:,} of {m[k].sum():,}; most often taken for "
+          f"{wrong}: {m[k, wrong]})")
+  return 0
+
+
+def default_manual_dir(dataset: str = "mnist") -> str | None:
+  """$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET beside the checkout when it exists."""
+  found = os.environ.get("RNNJAX_MANUAL_DIR") or None
+  shared = SHARED_DATA / dataset
+  if found is None and shared.is_dir():
+    found = str(shared)
+  return found
+
+
+def build_config(args: argparse.Namespace) -> config_lib.Config:
+  fields = ("dataset", "task", "permutation_seed", "cell", "forget_bias", "hidden_size",
+            "num_layers", "bidirectional", "dropout", "readout", "num_classes", "epochs",
+            "batch_size", "eval_batch_size", "optimizer", "learning_rate", "schedule",
+            "warmup_epochs", "final_lr_fraction", "grad_clip_norm", "weight_decay",
+            "augment_shift", "seed", "keep_checkpoints")
+  overrides = {f: getattr(args, f) for f in fields}
+  overrides.update({
+      "checkpoint_every_steps": args.checkpoint_every, "steps_per_call": args.steps_per_call,
+      "lstm_kernel": args.lstm_kernel, "memory_limit_gib": args.memory_limit,
+      "data_source": args.data_source, "data_dir": args.data_dir,
+  })
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  base = config_lib.get_config(args.preset)
+  overrides["manual_dir"] = args.manual_dir or default_manual_dir(
+      overrides.get("dataset", base.dataset))
+  if args.no_progress:
+    overrides["progress"] = False
+  if args.no_tensorboard:
+    overrides["tensorboard"] = False
+  if args.no_plots:
+    overrides["plots"] = False
+  return base.replace(**overrides)
+
+
+def library_output_to(workdir: Path):
+  """Sends what the libraries print (Orbax and absl logs, TensorFlow's C++ logs, tracebacks
+  that background threads print) to `workdir/library.log`, and returns a stream to the
+  terminal for rnnjax's own lines, progress bar and one-line errors. When the workdir cannot
+  be made, changes nothing and returns stderr (the run then explains)."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(workdir / "library.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  except OSError:
+    return sys.stderr
+  sys.stderr.flush()
+  terminal = os.fdopen(os.dup(2), "w", buffering=1)
+  os.dup2(log_fd, 2)  # sys.stderr and every C library now write to the log
+  os.close(log_fd)
+  logging.raiseExceptions = False  # a full disk may refuse the log too: stay quiet about it
+  return terminal
+
+
+def main(argv=None, preset: str = "default") -> int:
+  """The command: `argv` None reads sys.argv (and restarts with the tuned allocator);
+  `preset` is the default of --preset (the experiments/<preset>.py scripts set it).
+
+  Every command ends an unexpected failure with one `error:` line naming it and the file
+  that holds its traceback (the workdir's library.log), exit status 1.
+  """
+  command = argv is None  # run as a command, not called from Python
+  argv = sys.argv[1:] if argv is None else list(argv)
+  name = argv[0] if argv and argv[0] in ("evaluate", "predict", "train") else "train"
+  state = {"log": None}  # library.log, once the command has opened it
+  try:
+    if name in ("evaluate", "predict"):
+      return inspect_main(name, argv[1:], preset, state)
+    return train_main(argv[1:] if argv and argv[0] == "train" else argv, preset, command,
+                      state)
+  except Exception:  # noqa: BLE001 - the error boundary: one line, the traceback in a file
+    from rnnjax import parallel, reporting
+    if parallel.peer_lost(wait=5):  # a collective failed first: the watch says why, exits
+      return 1
+    return reporting.unexpected_error(name, state["log"])
+
+
+def check_workdir_flag(parser, workdir: str | None) -> None:
+  if workdir is not None and not workdir.strip():
+    parser.error("--workdir is empty (an unset shell variable?); give a folder, or leave the "
+                 "flag out for the default")
+
+
+def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
+  parser = make_parser()
+  parser.set_defaults(preset=preset)
+  args = parser.parse_args(argv)
+  check_workdir_flag(parser, args.workdir)
+  if args.join_timeout > 86400:
+    parser.error(f"--join-timeout must be at most 86400 (a day), got {args.join_timeout:g}")
+  args.workdir = args.workdir or f"runs/{args.preset}"
+  from rnnjax import resources  # light: the standard library only
+  try:
+    config = build_config(args)
+    resources.check_memory(config)  # before any allocation, not toward the OOM killer
+  except ValueError as e:  # a value or combination argparse cannot check on its own
+    parser.error(str(e))  # usage, the message, exit status 2
+  if command:  # restart with the tuned allocator (rnnjax/allocator.py)
+    try:
+      allocator.use_tuned_allocator()
+    except ValueError as e:
+      parser.error(str(e))
+
+  # Imported after parsing, so that --help and usage errors are instant.
+  from rnnjax import checkpointing, data, parallel, reporting, train
+  terminal = sys.stderr
+  try:
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                        timeout=args.join_timeout)
+  except parallel.ParallelError as e:
+    parser.error(str(e))
+  except parallel.JoinFailed as e:
+    print(f"error: {e}", file=terminal, flush=True)
+    return 1
+  try:
+    devices = parallel.devices()  # JAX_PLATFORMS naming a platform this machine lacks
+  except parallel.ParallelError as e:
+    print(f"error: {e}", file=terminal, flush=True)
+    return 1
+  main_process = parallel.is_main_process()
+  terminal = library_output_to(Path(args.workdir))
+  if terminal is not sys.stderr:
+    state["log"] = Path(args.workdir) / "library.log"
+  reporting.set_console(terminal)
+  if not main_process:  # process 0 speaks for the run; the others report only errors
+    sys.stdout = open(os.devnull, "w")
+
+  import jax
+
+  from rnnjax import lstm_kernel
+  try:
+    layers = lstm_kernel.describe(config)
+  except lstm_kernel.KernelUnavailable as e:
+    print(f"error: {e}", file=terminal)
+    return 1
+  print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
+        f"{config.manual_dir or config.data_dir or 'tfds default'}, malloc "
+        f"{os.environ.get('GLIBC_TUNABLES') or 'system defaults'}; {len(devices)} "
+        f"{devices[0].platform} device(s) in {jax.process_count()} process(es); {layers}",
+        flush=True)
+  try:
+    _, history = train.train_and_evaluate(config, args.workdir)
+  except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
+          train.TrainingDiverged, parallel.ParallelError, resources.ResourceError,
+          lstm_kernel.KernelUnavailable) as e:
+    print(f"error: {e}", file=terminal)
+    parallel.finish(error=str(e))
+    return 1
+  except train.Preempted as e:
+    print(f"{e}", file=terminal)
+    return 128 + e.signum
+  except train.Interrupted as e:
+    print(f"\n{e}", file=terminal)
+    return 128 + e.signum
+  except KeyboardInterrupt:
+    print(f"\ninterrupted; rerun the same command to resume from the last checkpoint in "
+          f"{args.workdir}", file=terminal)
+    return 130
+  parallel.finish()
+  if history:
+    last = history[-1]
+    epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
+    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs}; "
+          f"results in {args.workdir} (metrics.jsonl, curves.png, confusion_matrix.png, "
+          "TensorBoard events, checkpoints/)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
