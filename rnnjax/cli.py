@@ -335,7 +335,7 @@ def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
       parser.error(str(e))
 
   # Imported after parsing, so that --help and usage errors are instant.
-  from rnnjax import checkpointing, data, parallel, reporting, train
+  from rnnjax import parallel, reporting
   terminal = sys.stderr
   try:
     parallel.initialize(args.coordinator, args.num_processes, args.process_id,
@@ -357,8 +357,14 @@ def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
   reporting.set_console(terminal)
   if not main_process:  # process 0 speaks for the run; the others report only errors
     sys.stdout = open(os.devnull, "w")
+  return run_training(config, args, devices, terminal)
 
+
+def run_training(config, args, devices, terminal) -> int:
+  """Trains with the one-line errors and exit statuses of the command line."""
   import jax
+
+  from rnnjax import checkpointing, data, parallel, resources, train
 
   from rnnjax import lstm_kernel
   try:

@@ -11,7 +11,6 @@ The command line wraps these: `experiments/mnist_lstm.py evaluate|predict --work
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence

@@ -246,7 +246,7 @@ def devices() -> list:
     lines = str(e).strip().splitlines()
     why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
     raise ParallelError(
-        f"JAX could not start " + (f"the platform JAX_PLATFORMS={asked!r} asks for" if asked
+        "JAX could not start " + (f"the platform JAX_PLATFORMS={asked!r} asks for" if asked
                                    else "a backend") + f" ({why}). Unset JAX_PLATFORMS (or "
         "set it to cpu) to run on the CPU, or install JAX for that platform (for NVIDIA "
         "GPUs: pip install -U 'jax[cuda13]').") from None

@@ -6,7 +6,6 @@ memory a run would need, refused before anything is allocated; damaged checkpoin
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
