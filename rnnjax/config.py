@@ -1,8 +1,8 @@
 """The whole run in one frozen value.
 
 A `Config` says everything that decides what a run computes: model, optimiser, data order,
-epochs. Presets are plain functions of no arguments; override fields with
-`dataclasses.replace` (or `Config.replace`), never by mutation::
+epochs. Presets are plain functions of no arguments (rnnjax/presets.py); override fields
+with `dataclasses.replace` (or `Config.replace`), never by mutation::
 
     from rnnjax import config as cfg
     c = cfg.get_config("tutorial").replace(epochs=3, seed=1)
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable
+from typing import Any
 
 # Fields whose change alters the structure or shapes of the train state. Resuming a workdir
 # whose stored config differs in one of these cannot work; the loop says so and suggests a
@@ -268,86 +268,19 @@ def validate(c: Config) -> list[str]:
   return errors
 
 
-# ----------------------------------------------------------------------------------------
-# Presets.
-
-def tutorial() -> Config:
-  """The original TF1 tutorial: LSTM 256, batch 100, Adam 1e-3, 13 epochs, no schedule."""
-  return Config(name="tutorial")
-
-
-def default() -> Config:
-  """The best single-run setup found for a 2-core CPU within 15 minutes (docs/results.md)."""
-  return Config(
-      name="default", epochs=20, batch_size=100, learning_rate=2e-3, schedule="cosine",
-      warmup_epochs=1.0, grad_clip_norm=1.0, augment_shift=2)
-
-
-def tiny() -> Config:
-  """For tests: a few units, small batches, one epoch; no progress bar, plots or TensorBoard
-  events (the tests that check those turn them on)."""
-  return Config(name="tiny", hidden_size=8, batch_size=16, eval_batch_size=32, epochs=1,
-                progress=False, tensorboard=False, plots=False)
-
-
-# ----------------------------------------------------------------------------------------
-# Research presets: one per experiments/<name>.py script, whose docstring holds the
-# command, the time and the accuracy measured. Row-wise ones share `default`'s recipe.
-
-def row_lstm() -> Config:
-  """Row-wise LSTM 256: the `default` recipe."""
-  return default().replace(name="row_lstm")
-
-
-def row_gru() -> Config:
-  """Row-wise GRU 256, the `default` recipe."""
-  return default().replace(name="row_gru", cell="gru")
-
-
-def row_bilstm() -> Config:
-  """Row-wise bidirectional LSTM, 256 units each way, the `default` recipe."""
-  return default().replace(name="row_bilstm", bidirectional=True)
-
-
-def _pixel_recipe(**changes) -> Config:
-  # 784-step sequences: forget bias 1 and clipping keep the gradients usable over the long
-  # scan (Jozefowicz et al. 2015). Adam at 1e-3 collapsed to chance in its second epoch
-  # here (test accuracy 35% -> 12%), hence 5e-4.
-  return Config(task="pixels", hidden_size=128, batch_size=100, epochs=100,
-                learning_rate=5e-4, schedule="cosine", warmup_epochs=1.0, grad_clip_norm=1.0,
-                forget_bias=1.0).replace(**changes)
-
-
-def seq_lstm() -> Config:
-  """Sequential (pixel-by-pixel) MNIST, LSTM 128, Adam 1e-4: at 1e-3 and 5e-4 it collapsed
-  to chance in epoch 2 (docs/results.md); 1e-4 kept learning through the 3 epochs run."""
-  return _pixel_recipe(name="seq_lstm", learning_rate=1e-4)
-
-
-def permuted_lstm() -> Config:
-  """Permuted sequential MNIST, LSTM 128 (pixel order from permutation_seed 0)."""
-  return _pixel_recipe(name="permuted_lstm", task="permuted")
-
-
-def irnn() -> Config:
-  """Sequential MNIST with IRNN 100 (Le et al. 2015): ReLU, identity recurrence; Adam at a
-  small learning rate with clipping in place of their SGD at 1e-8."""
-  return _pixel_recipe(name="irnn", cell="irnn", hidden_size=100, learning_rate=1e-4,
-                       forget_bias=0.0)
-
-
-PRESETS: dict[str, Callable[[], Config]] = {
-    "default": default, "tutorial": tutorial, "tiny": tiny,
-    "row_lstm": row_lstm, "row_gru": row_gru, "row_bilstm": row_bilstm,
-    "seq_lstm": seq_lstm, "permuted_lstm": permuted_lstm, "irnn": irnn}
-
+# Presets live in rnnjax/presets.py; these two names stay here for code that reads them so.
 
 def get_config(name: str = "default") -> Config:
-  """Returns the preset called `name` (one of `PRESETS`)."""
-  try:
-    return PRESETS[name]()
-  except KeyError:
-    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+  """Returns the preset called `name` (one of `rnnjax.presets.PRESETS`)."""
+  from rnnjax import presets
+  return presets.get(name)
+
+
+def __getattr__(name: str):
+  if name == "PRESETS":  # config.PRESETS: the table in rnnjax/presets.py
+    from rnnjax import presets
+    return presets.PRESETS
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shape_differences(old: dict[str, Any], new: Config) -> list[str]:
