@@ -31,34 +31,59 @@ REPO = Path(__file__).resolve().parent.parent  # the checkout, when installed fr
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
+def number(kind: type, low: float, open_low: bool = False):
+  """An argparse type: a `kind` (int or float) number >= `low` (> `low` with `open_low`;
+  floats finite). The bounds with reasons are `config.validate`'s."""
+  if kind is int:
+    words = "a positive integer" if low == 1 and not open_low else f"an integer >= {low}"
+  else:
+    words = "a positive finite number" if low == 0 and open_low else f"a finite number >= {low}"
+
+  def convert(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+    if not (value > low or (value == low and not open_low)) or value == float("inf"):
+      raise argparse.ArgumentTypeError(f"expected {words}, got {text if kind is float else value}")
+    return value
+
+  convert.__name__ = kind.__name__  # argparse names the type in its own messages
+  return convert
 
 
-def non_negative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-  return value
+positive_int, non_negative_int, positive_float = number(int, 1), number(int, 0), number(
+    float, 0, open_low=True)
 
 
-def positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-  if not value > 0 or value == float("inf"):
-    raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-  return value
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows a flag's default where it has one (a config flag's default is the preset's)."""
+
+  def _get_help_string(self, action):
+    return action.help if action.default is None else super()._get_help_string(action)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+  """One flag per `Config` field, from the field's metadata (`config.fields()`): its help,
+  choices and kind; integers and strictly positive numbers checked for their sign as they
+  are parsed. Unset flags stay None: the preset's value holds."""
+  groups = {}
+  for f, kind, _ in config_lib.fields():
+    spec = f.metadata
+    if spec["group"] not in groups:
+      groups[spec["group"]] = parser.add_argument_group(spec["group"])
+    kw = dict(dest=f.name, default=None, help=spec["help"])
+    if spec["metavar"]:
+      kw["metavar"] = spec["metavar"]
+    if spec["choices"] is not None:
+      kw["choices"] = spec["choices"]
+    elif kind is bool:
+      kw["action"] = argparse.BooleanOptionalAction
+    elif kind is int or spec["open_low"]:
+      kw["type"] = number(kind, spec["low"], spec["open_low"])
+    elif kind is float:
+      kw["type"] = float
+    groups[spec["group"]].add_argument(spec["flag"] or "--" + f.name.replace("_", "-"), **kw)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -67,69 +92,13 @@ def make_parser() -> argparse.ArgumentParser:
                   "rerun the same command to resume. "
                   "Subcommands for a trained workdir: `evaluate --workdir W` and "
                   "`predict --workdir W IMAGE...` (see `evaluate --help`).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=_HelpFormatter)
   p.add_argument("--workdir",
                  help="where config.json, metrics.jsonl and checkpoints/ go (default: "
                       "runs/PRESET)")
   p.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
                  help="starting configuration; the flags below override it")
-  m = p.add_argument_group("task and model")
-  m.add_argument("--dataset", choices=config_lib.DATASETS)
-  m.add_argument("--task", choices=config_lib.TASKS,
-                 help="rows: 28 steps of 28 pixels; pixels: 784 steps of 1 pixel; permuted: "
-                      "784 pixels in a fixed random order")
-  m.add_argument("--permutation-seed", type=non_negative_int,
-                 help="seed of the permuted task's pixel order")
-  m.add_argument("--cell", choices=config_lib.CELLS)
-  m.add_argument("--forget-bias", type=float, help="added to the LSTM forget-gate bias at init")
-  m.add_argument("--hidden-size", type=positive_int)
-  m.add_argument("--num-layers", type=positive_int)
-  m.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
-  m.add_argument("--dropout", type=float, help="rate on every recurrent layer's outputs")
-  m.add_argument("--readout", choices=config_lib.READOUTS)
-  m.add_argument("--num-classes", type=positive_int,
-                 help="logits of the readout (every dataset here has 10; at least 10)")
-  o = p.add_argument_group("training")
-  o.add_argument("--epochs", type=positive_int)
-  o.add_argument("--batch-size", type=positive_int)
-  o.add_argument("--eval-batch-size", type=positive_int)
-  o.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
-  o.add_argument("--learning-rate", type=positive_float)
-  o.add_argument("--schedule", choices=config_lib.SCHEDULES)
-  o.add_argument("--warmup-epochs", type=float, help="linear warm-up (cosine schedule)")
-  o.add_argument("--final-lr-fraction", type=float,
-                 help="end of the cosine decay, as a fraction of --learning-rate")
-  o.add_argument("--grad-clip-norm", type=float, help="clip by global norm (0: off)")
-  o.add_argument("--weight-decay", type=float, help="decoupled weight decay (adamw)")
-  o.add_argument("--augment-shift", type=non_negative_int,
-                 help="random training-image shifts of up to this many pixels (0: off)")
-  o.add_argument("--seed", type=non_negative_int)
-  p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
-                 help="tfds, idx (NumPy reader, no TensorFlow) or auto (tfds if installed)")
-  p.add_argument("--data-dir", help="tfds data dir (default: tfds's, ~/tensorflow_datasets)")
-  p.add_argument("--manual-dir",
-                 help="folder with the dataset's four IDX files for offline use (default: "
-                      "$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET when it exists)")
-  p.add_argument("--checkpoint-every", type=non_negative_int, metavar="STEPS",
-                 help="also checkpoint every STEPS training steps (default: after each "
-                      "epoch, and on SIGTERM/SIGINT)")
-  p.add_argument("--keep-checkpoints", type=positive_int, metavar="N",
-                 help="how many of the latest checkpoints to keep (the best is kept too)")
-  p.add_argument("--steps-per-call", type=positive_int, metavar="K",
-                 help="training steps per call of the jitted step function (default 10; "
-                      "1: one step per call); the same updates either way")
-  p.add_argument("--lstm-kernel", choices=config_lib.LSTM_KERNELS,
-                 help="how LSTM layers run: auto (default: rnnjax's CPU kernel where it can "
-                      "run, else the nn.RNN scan), cpu (the kernel, or an error) or xla (the "
-                      "scan); same parameters and equations")
-  p.add_argument("--memory-limit", type=positive_float, metavar="GIB",
-                 help="refuse to start when the run's estimated memory exceeds this many GiB "
-                      "(default: the machine's memory)")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  p.add_argument("--no-tensorboard", action="store_true",
-                 help="do not write TensorBoard events into the workdir")
-  p.add_argument("--no-plots", action="store_true",
-                 help="do not write curves.png and confusion_matrix.png into the workdir")
+  add_config_flags(p)
   g = p.add_argument_group(
       "several processes (hosts)", "run the same command in every process, each with its "
       "own --process-id; default: $RNNJAX_COORDINATOR, $RNNJAX_NUM_PROCESSES, "
@@ -243,27 +212,13 @@ def default_manual_dir(dataset: str = "mnist") -> str | None:
 
 
 def build_config(args: argparse.Namespace) -> config_lib.Config:
-  fields = ("dataset", "task", "permutation_seed", "cell", "forget_bias", "hidden_size",
-            "num_layers", "bidirectional", "dropout", "readout", "num_classes", "epochs",
-            "batch_size", "eval_batch_size", "optimizer", "learning_rate", "schedule",
-            "warmup_epochs", "final_lr_fraction", "grad_clip_norm", "weight_decay",
-            "augment_shift", "seed", "keep_checkpoints")
-  overrides = {f: getattr(args, f) for f in fields}
-  overrides.update({
-      "checkpoint_every_steps": args.checkpoint_every, "steps_per_call": args.steps_per_call,
-      "lstm_kernel": args.lstm_kernel, "memory_limit_gib": args.memory_limit,
-      "data_source": args.data_source, "data_dir": args.data_dir,
-  })
-  overrides = {k: v for k, v in overrides.items() if v is not None}
+  """The preset `args.preset` with every flag given (not None) applied; the manual dir
+  defaults to `default_manual_dir` of the dataset."""
+  overrides = {f.name: getattr(args, f.name) for f, _, _ in config_lib.fields()
+               if getattr(args, f.name) is not None}
   base = config_lib.get_config(args.preset)
   overrides["manual_dir"] = args.manual_dir or default_manual_dir(
       overrides.get("dataset", base.dataset))
-  if args.no_progress:
-    overrides["progress"] = False
-  if args.no_tensorboard:
-    overrides["tensorboard"] = False
-  if args.no_plots:
-    overrides["plots"] = False
   return base.replace(**overrides)
 
 

@@ -47,108 +47,131 @@ CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn")
 READOUTS = ("last", "mean")
 
 
+def _field(default, help: str, *, group: str, choices: tuple | None = None, low=None,
+           high=None, open_low: bool = False, open_high: bool = False,
+           high_text: str | None = None, flag: str | None = None, metavar: str | None = None):
+  """A `Config` field and what the command line and `validate` know of it: its help, the
+  `choices` it takes or the bounds `[low, high]` (`open_low`/`open_high`: the bound itself
+  excluded; `high_text`: how messages write `high`), its flag group, and the flag's name
+  where it is not `--field-name`."""
+  spec = dict(help=help, group=group, choices=choices, low=low, high=high, open_low=open_low,
+              open_high=open_high, high_text=high_text, flag=flag, metavar=metavar)
+  return dataclasses.field(default=default, metadata=spec)
+
+
+MODEL, TRAINING, DATA, RUN, OUTPUT = ("task and model", "training", "data", "checkpoints and "
+                                      "speed", "output")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a run needs.
+  """Everything a run needs. Each field's metadata holds its help, its choices or bounds and
+  its flag (`rnnjax train --help` prints them; `validate` checks them); docs/cli.md lists
+  them with the presets.
 
-  Attributes:
-    name: preset this value started from (recorded, not interpreted).
-    dataset: tfds name of the image dataset: `mnist`, `fashion_mnist` or `kmnist` (all
-      28 x 28 grayscale, 10 classes, in the same four-file IDX format).
-    task: how an image becomes a sequence: `rows` (28 steps of 28 pixels), `pixels`
-      (sequential MNIST: 784 steps of 1 pixel, raster order) or `permuted` (784 steps of 1
-      pixel in a fixed random order drawn from `permutation_seed`, stored in the workdir as
-      permutation.json, so a resumed or evaluated run reads pixels in the same order).
-    permutation_seed: seed of the `permuted` task's pixel order (unused by other tasks).
-    cell: recurrent cell: `lstm` (`nn.OptimizedLSTMCell`), `lstm_cell` (`nn.LSTMCell`:
-      same parameters and numbers, unfused), `gru` (`nn.GRUCell`), `tanh` (`nn.SimpleCell`,
-      an Elman RNN) or `irnn` (ReLU RNN with identity-initialised recurrence, Le et al. 2015).
-    forget_bias: added to the forget-gate bias at initialisation (LSTM cells only; 1.0 is
-      the usual choice, Jozefowicz et al. 2015; 0 keeps Flax's zero init).
-    hidden_size: units of each recurrent layer (per direction).
-    num_layers: stacked recurrent layers.
-    bidirectional: each layer reads the sequence both ways and concatenates the two.
-    dropout: dropout rate on the outputs of every recurrent layer (between layers, and
-      before the readout); 0 turns it off.
-    readout: the dense layer reads the `last` hidden state (for a bidirectional layer, the
-      forward direction's last and the backward direction's first), or the `mean` over time.
-    num_classes: logits of the dense readout.
-    batch_size: training images per step (the global batch).
-    eval_batch_size: test images per evaluation step; the last partial batch is padded and
-      masked, so every test image counts exactly once.
-    epochs: passes over the training split.
-    optimizer: `adam` or `adamw` (decoupled weight decay).
-    learning_rate: peak learning rate.
-    schedule: `constant` or `cosine` (linear warm-up, then cosine decay to
-      `final_lr_fraction * learning_rate` at the last step).
-    warmup_epochs: length of the linear warm-up (cosine only); may be fractional.
-    final_lr_fraction: end of the cosine decay, as a fraction of `learning_rate`.
-    grad_clip_norm: clip gradients to this global norm; 0 turns clipping off.
-    weight_decay: AdamW decoupled weight decay (optimizer `adamw` only).
-    augment_shift: translate each training image by a random whole number of pixels in
-      [-augment_shift, augment_shift] along each axis (zero fill); 0 turns it off. Drawn
-      per (seed, epoch) like the order, so resuming sees the same images.
-    seed: root of all randomness: parameter init, the data order and the augmentation of
-      every epoch.
-    keep_checkpoints: how many of the latest checkpoints to keep (the best is kept as well).
-    checkpoint_every_steps: also checkpoint every this many training steps, mid-epoch
-      included (0: only after each epoch and when stopped by SIGTERM/SIGINT).
-    steps_per_call: training steps per call of the jitted function (`steps.train_steps`,
-      a scan over that many batches; 1: one `train_step` per call). The updates are the
-      same bit for bit; fewer calls save the per-call buffer allocations (+9% images/s at
-      the tutorial setting on the project's CPU, docs/lab/2026-11-speed-notes.md item 8).
-    lstm_kernel: how `lstm` layers run: `auto` (rnnjax's CPU kernel where it can run: one
-      CPU device, float32, the kernel built; else the `nn.RNN` scan), `cpu` (the kernel, an
-      error where it cannot run) or `xla` (always the scan). Same parameters and equations;
-      results agree to float32 rounding (`rnnjax.lstm_kernel`).
-    data_source: `tfds` (tensorflow-datasets), `idx` (the four IDX files read with NumPy,
-      no TensorFlow needed) or `auto` (tfds when TensorFlow is importable, else idx).
-    data_dir: tfds data dir; None means tfds's default (`~/tensorflow_datasets` or
-      `$TFDS_DATA_DIR`).
-    manual_dir: folder holding the four official MNIST files, for machines without network.
-    progress: show a progress bar inside each epoch.
-    tensorboard: write TensorBoard events (scalars per epoch, hyperparameters) into the
-      workdir.
-    plots: write curves.png and confusion_matrix.png into the workdir after every epoch.
-    memory_limit_gib: refuse to start when the estimated memory of the run
-      (`rnnjax.resources.estimate`) exceeds this many GiB; None: the machine's memory.
+  `name` is the preset this value started from (recorded, not interpreted; `--preset`).
   """
 
   name: str = "default"
-  dataset: str = "mnist"
-  task: str = "rows"
-  permutation_seed: int = 0
-  cell: str = "lstm"
-  forget_bias: float = 0.0
-  hidden_size: int = 256
-  num_layers: int = 1
-  bidirectional: bool = False
-  dropout: float = 0.0
-  readout: str = "last"
-  num_classes: int = 10
-  batch_size: int = 100
-  eval_batch_size: int = 1000
-  epochs: int = 13
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  schedule: str = "constant"
-  warmup_epochs: float = 0.0
-  final_lr_fraction: float = 0.0
-  grad_clip_norm: float = 0.0
-  weight_decay: float = 0.0
-  augment_shift: int = 0
-  seed: int = 0
-  keep_checkpoints: int = 2
-  checkpoint_every_steps: int = 0
-  steps_per_call: int = 10
-  lstm_kernel: str = "auto"
-  data_source: str = "auto"
-  data_dir: str | None = None
-  manual_dir: str | None = None
-  progress: bool = True
-  tensorboard: bool = True
-  plots: bool = True
-  memory_limit_gib: float | None = None
+  dataset: str = _field(
+      "mnist", "tfds name of the image dataset (all 28 x 28 grayscale, 10 classes, in the "
+      "same four-file IDX format)", group=MODEL, choices=DATASETS)
+  task: str = _field(
+      "rows", "how an image becomes a sequence: rows (28 steps of 28 pixels), pixels "
+      "(sequential MNIST: 784 steps of 1 pixel, raster order) or permuted (784 pixels in a "
+      "fixed random order from --permutation-seed, stored in the workdir as "
+      "permutation.json)", group=MODEL, choices=TASKS)
+  permutation_seed: int = _field(
+      0, "seed of the permuted task's pixel order (unused by other tasks)", group=MODEL,
+      low=0, high=MAX_SEED, high_text="2**63 - 1")
+  cell: str = _field(
+      "lstm", "recurrent cell: lstm (nn.OptimizedLSTMCell), lstm_cell (nn.LSTMCell: same "
+      "parameters and numbers, unfused), gru (nn.GRUCell), tanh (nn.SimpleCell, an Elman "
+      "RNN) or irnn (ReLU RNN, identity-initialised recurrence, Le et al. 2015)",
+      group=MODEL, choices=CELLS)
+  forget_bias: float = _field(
+      0.0, "added to the forget-gate bias at initialisation (LSTM cells only; 1.0 is the "
+      "usual choice, Jozefowicz et al. 2015)", group=MODEL)
+  hidden_size: int = _field(256, "units of each recurrent layer (per direction)",
+                            group=MODEL, low=1)
+  num_layers: int = _field(1, "stacked recurrent layers", group=MODEL, low=1)
+  bidirectional: bool = _field(
+      False, "each layer reads the sequence both ways and concatenates the two", group=MODEL)
+  dropout: float = _field(
+      0.0, "dropout rate on the outputs of every recurrent layer (0: off)", group=MODEL,
+      low=0, high=1, open_high=True)
+  readout: str = _field(
+      "last", "the dense layer reads the last hidden state (bidirectional: each direction's "
+      "final one) or the mean over time", group=MODEL, choices=READOUTS)
+  num_classes: int = _field(
+      10, "logits of the readout (every dataset here has 10; at least 10)", group=MODEL,
+      low=1)
+  batch_size: int = _field(100, "training images per step (the global batch)",
+                           group=TRAINING, low=1)
+  eval_batch_size: int = _field(
+      1000, "test images per evaluation step; the last partial batch is padded and masked, "
+      "so every image counts once", group=TRAINING, low=1)
+  epochs: int = _field(13, "passes over the training split", group=TRAINING, low=1)
+  optimizer: str = _field("adam", "adam, or adamw (decoupled weight decay)", group=TRAINING,
+                          choices=OPTIMIZERS)
+  learning_rate: float = _field(1e-3, "peak learning rate", group=TRAINING, low=0,
+                                open_low=True)
+  schedule: str = _field(
+      "constant", "constant, or cosine (linear warm-up, then cosine decay to "
+      "--final-lr-fraction of the peak at the last step)", group=TRAINING, choices=SCHEDULES)
+  warmup_epochs: float = _field(0.0, "linear warm-up, in epochs (cosine only; may be "
+                                "fractional)", group=TRAINING, low=0)
+  final_lr_fraction: float = _field(
+      0.0, "end of the cosine decay, as a fraction of --learning-rate", group=TRAINING,
+      low=0, high=1)
+  grad_clip_norm: float = _field(0.0, "clip gradients to this global norm (0: off)",
+                                 group=TRAINING, low=0)
+  weight_decay: float = _field(0.0, "decoupled weight decay (optimizer adamw only)",
+                               group=TRAINING, low=0)
+  augment_shift: int = _field(
+      0, "translate each training image by a random whole number of pixels in [-N, N] along "
+      "each axis, zero fill (0: off); drawn per (seed, epoch), so resuming sees the same "
+      "images", group=TRAINING, low=0, high=13)
+  seed: int = _field(
+      0, "root of all randomness: parameter init, the data order and the augmentation of "
+      "every epoch", group=TRAINING, low=0, high=MAX_SEED, high_text="2**63 - 1")
+  keep_checkpoints: int = _field(
+      2, "how many of the latest checkpoints to keep (the best is kept as well)", group=RUN,
+      low=1, metavar="N")
+  checkpoint_every_steps: int = _field(
+      0, "also checkpoint every STEPS training steps, mid-epoch included (0: only after "
+      "each epoch, and when stopped by SIGTERM/SIGINT)", group=RUN, low=0,
+      flag="--checkpoint-every", metavar="STEPS")
+  steps_per_call: int = _field(
+      10, "training steps per call of the jitted step function (a scan over K batches; 1: "
+      "one train_step per call); the same updates bit for bit, fewer buffer allocations "
+      "(docs/performance.md)", group=RUN, low=1, metavar="K")
+  lstm_kernel: str = _field(
+      "auto", "how lstm layers run: auto (rnnjax's CPU kernel where it can run: one CPU "
+      "device, float32, the kernel built; else the nn.RNN scan), cpu (the kernel, or an "
+      "error) or xla (always the scan); same parameters and equations", group=RUN,
+      choices=LSTM_KERNELS)
+  data_source: str = _field(
+      "auto", "tfds (tensorflow-datasets), idx (the four IDX files read with NumPy, no "
+      "TensorFlow) or auto (tfds when TensorFlow is importable, else idx)", group=DATA,
+      choices=DATA_SOURCES)
+  data_dir: str | None = _field(
+      None, "tfds data dir (default: tfds's own, ~/tensorflow_datasets or $TFDS_DATA_DIR)",
+      group=DATA)
+  manual_dir: str | None = _field(
+      None, "folder with the dataset's four official IDX files, for machines without "
+      "network (default: $RNNJAX_MANUAL_DIR, else ../shared/data/DATASET when it exists)",
+      group=DATA)
+  progress: bool = _field(True, "a progress bar inside each epoch", group=OUTPUT)
+  tensorboard: bool = _field(
+      True, "TensorBoard events (scalars per epoch, hyperparameters) in the workdir",
+      group=OUTPUT)
+  plots: bool = _field(True, "curves.png and confusion_matrix.png in the workdir after "
+                       "every epoch", group=OUTPUT)
+  memory_limit_gib: float | None = _field(
+      None, "refuse to start when the run's estimated memory (rnnjax.resources.estimate) "
+      "exceeds this many GiB (default: the machine's memory)", group=RUN, low=0,
+      open_low=True, flag="--memory-limit", metavar="GIB")
 
   def __post_init__(self):
     errors = validate(self)
@@ -192,79 +215,90 @@ def _is_finite(value) -> bool:
           and math.isfinite(value))
 
 
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def fields() -> list[tuple[dataclasses.Field, type, bool]]:
+  """`(field, kind, optional)` for each field with metadata (every field but `name`): its
+  kind is int, float, str or bool; `optional` when None is allowed."""
+  out = []
+  for f in dataclasses.fields(Config):
+    if f.metadata:
+      kind, _, rest = str(f.type).partition(" | ")
+      out.append((f, _KINDS[kind], rest == "None"))
+  return out
+
+
+def expected(kind: type, spec) -> str:
+  """What a field's metadata asks of its value, in words ("a positive integer")."""
+  low, high = spec["low"], spec["high"]
+  top = spec["high_text"] or (f"{high:g}" if isinstance(high, float) else str(high))
+  if kind is int:
+    if high is None:
+      return "a positive integer" if low == 1 else f"an integer >= {low}"
+    return f"an integer in [{low}, {top}]"
+  if high is not None:
+    return f"in [{low}, {top}{')' if spec['open_high'] else ']'}"
+  if low is None:
+    return "a finite number"
+  return f"a finite number {'>' if spec['open_low'] else '>='} {low}"
+
+
+def _within(value, spec) -> bool:
+  low, high = spec["low"], spec["high"]
+  return ((low is None or value > low or (value == low and not spec["open_low"]))
+          and (high is None or value < high or (value == high and not spec["open_high"])))
+
+
+def _field_error(name: str, value, kind: type, optional: bool, spec) -> str | None:
+  if value is None and optional:
+    return None
+  if spec["choices"] is not None:
+    ok = value in spec["choices"]
+    return None if ok else f"{name} must be one of {spec['choices']}, got {value!r}"
+  if kind is bool:
+    return None if isinstance(value, bool) else f"{name} must be True or False, got {value!r}"
+  if kind is str:
+    return None if isinstance(value, str) else f"{name} must be a string, got {value!r}"
+  ok = _is_int(value) if kind is int else _is_finite(value)
+  if ok and _within(value, spec):
+    return None
+  return f"{name} must be {expected(kind, spec)}, got {value!r}"
+
+
 def validate(c: Config) -> list[str]:
   """Returns what is wrong with `c`, one message per problem (empty when valid).
 
-  Numbers are checked against what they will meet: batch sizes against the splits every
-  dataset has, epochs against what the step counter and the records hold, every float
-  finite.
+  Each field is checked against its metadata (kind, choices, bounds; every float finite),
+  then the numbers against what they will meet: batch sizes against the splits every
+  dataset has, epochs against what the step counter and the records hold, and the fields
+  that only mean something together.
   """
-  errors = []
-  for field in ("hidden_size", "num_layers", "num_classes", "batch_size", "eval_batch_size",
-                "epochs", "keep_checkpoints", "steps_per_call"):
-    value = getattr(c, field)
-    if not _is_int(value) or value < 1:
-      errors.append(f"{field} must be a positive integer, got {value!r}")
-  if _is_int(c.num_classes) and c.num_classes < 10:
+  errors = [e for f, kind, optional in fields()
+            if (e := _field_error(f.name, getattr(c, f.name), kind, optional, f.metadata))]
+  bad = {e.split(" ", 1)[0] for e in errors}  # fields already reported
+  ok = lambda *names: not bad.intersection(names)  # noqa: E731
+  if ok("num_classes") and c.num_classes < 10:
     errors.append(f"num_classes must be at least 10 (every dataset rnnjax reads has 10 "
                   f"classes), got {c.num_classes}")
-  if _is_int(c.batch_size) and c.batch_size > TRAIN_EXAMPLES:
+  if ok("batch_size") and c.batch_size > TRAIN_EXAMPLES:
     errors.append(f"batch_size {c.batch_size} exceeds the {TRAIN_EXAMPLES:,} training images "
                   f"of every dataset; use at most {TRAIN_EXAMPLES}")
-  if _is_int(c.eval_batch_size) and c.eval_batch_size > TEST_EXAMPLES:
+  if ok("eval_batch_size") and c.eval_batch_size > TEST_EXAMPLES:
     errors.append(f"eval_batch_size {c.eval_batch_size} exceeds the {TEST_EXAMPLES:,} test "
                   f"images (the rest would be padding); use at most {TEST_EXAMPLES}")
-  if _is_int(c.epochs) and c.epochs > MAX_EPOCHS:
+  if ok("epochs") and c.epochs > MAX_EPOCHS:
     errors.append(f"epochs must be at most {MAX_EPOCHS:,} (each epoch's record is kept in "
                   f"every checkpoint), got {c.epochs}")
-  if not (_is_finite(c.learning_rate) and c.learning_rate > 0):
-    errors.append(f"learning_rate must be a finite number > 0, got {c.learning_rate!r}")
-  if not _is_int(c.checkpoint_every_steps) or c.checkpoint_every_steps < 0:
-    errors.append(f"checkpoint_every_steps must be an integer >= 0, got "
-                  f"{c.checkpoint_every_steps!r}")
-  for field in ("warmup_epochs", "grad_clip_norm", "weight_decay"):
-    value = getattr(c, field)
-    if not (_is_finite(value) and value >= 0):
-      errors.append(f"{field} must be a finite number >= 0, got {value!r}")
-  if (_is_finite(c.warmup_epochs) and _is_int(c.epochs) and c.schedule == "cosine"
-      and c.warmup_epochs > c.epochs):
+  if ok("warmup_epochs", "epochs") and c.schedule == "cosine" and c.warmup_epochs > c.epochs:
     errors.append(f"warmup_epochs {c.warmup_epochs} is longer than the run ({c.epochs} "
                   "epochs)")
-  if _is_finite(c.weight_decay) and c.weight_decay > 0 and c.optimizer != "adamw":
+  if ok("weight_decay") and c.weight_decay > 0 and c.optimizer != "adamw":
     errors.append(f"weight_decay is used by optimizer 'adamw' only (optimizer is "
                   f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
-  if not _is_int(c.augment_shift) or not 0 <= c.augment_shift <= 13:
-    errors.append(f"augment_shift must be an integer in [0, 13], got {c.augment_shift!r}")
-  if not (_is_finite(c.final_lr_fraction) and 0 <= c.final_lr_fraction <= 1):
-    errors.append(f"final_lr_fraction must be in [0, 1], got {c.final_lr_fraction!r}")
-  if c.schedule not in SCHEDULES:
-    errors.append(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
-  if c.optimizer not in OPTIMIZERS:
-    errors.append(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
-  if c.lstm_kernel not in LSTM_KERNELS:
-    errors.append(f"lstm_kernel must be one of {LSTM_KERNELS}, got {c.lstm_kernel!r}")
-  if c.data_source not in DATA_SOURCES:
-    errors.append(f"data_source must be one of {DATA_SOURCES}, got {c.data_source!r}")
-  for field, allowed in (("task", TASKS), ("cell", CELLS), ("dataset", DATASETS),
-                         ("readout", READOUTS)):
-    if getattr(c, field) not in allowed:
-      errors.append(f"{field} must be one of {allowed}, got {getattr(c, field)!r}")
-  if not isinstance(c.bidirectional, bool):
-    errors.append(f"bidirectional must be True or False, got {c.bidirectional!r}")
-  if not (_is_finite(c.dropout) and 0 <= c.dropout < 1):
-    errors.append(f"dropout must be in [0, 1), got {c.dropout!r}")
-  if not _is_finite(c.forget_bias):
-    errors.append(f"forget_bias must be a finite number, got {c.forget_bias!r}")
-  elif c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
+  if ok("forget_bias") and c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
     errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
                   "leave it at 0")
-  for field in ("permutation_seed", "seed"):
-    value = getattr(c, field)
-    if not _is_int(value) or not 0 <= value <= MAX_SEED:
-      errors.append(f"{field} must be an integer in [0, 2**63 - 1], got {value!r}")
-  if c.memory_limit_gib is not None and not (_is_finite(c.memory_limit_gib)
-                                             and c.memory_limit_gib > 0):
-    errors.append(f"memory_limit_gib must be a finite number > 0, got {c.memory_limit_gib!r}")
   return errors
 
 

@@ -1,24 +1,21 @@
-"""A hand-written LSTM layer for CPUs, used in place of `nn.RNN(nn.OptimizedLSTMCell)`'s
-scan when the model runs on one CPU device (`Config.lstm_kernel`, `--lstm-kernel`).
+"""A hand-written LSTM layer for CPUs: `KernelLSTM`, an `nn.RNN(nn.OptimizedLSTMCell)` with
+the same fields, parameters and call, run by a C++ kernel (`Config.lstm_kernel`,
+`--lstm-kernel`; `models.make_rnn` picks it where `resolve` says it can run).
 
-Same parameters, same equations, float32 (`SequenceClassifier` still declares the layer as
-`nn.RNN(nn.OptimizedLSTMCell)`, and reads the kernel's weights from that layer's
-parameters)::
+Same parameters, same equations, float32::
 
     z_t = x_t @ W_i + h_{t-1} @ W_h + b        W_i = [ii|if|ig|io], W_h = [hi|hf|hg|ho]
     i, f, o = sigmoid(z_t[gate]), g = tanh(z_t[g])
     c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
 
 Outputs and gradients agree with the scan to float32 rounding (1e-7 to 2.4e-6 relative;
-tests/test_kernel.py). Why it exists (docs/lab/2026-11-speed-notes.md, items 14-15): XLA's CPU
-backend spends a third of the scan's step in some 20 small element-wise fusions per time
-step and runs the backward pass's transposed matmul at two thirds of its speed; this layer
-is one call forward and one call backward (XLA FFI): per time step one MKL matmul
+tests/test_kernel.py). Why it exists (docs/performance.md, "How LSTM layers run"): XLA's
+CPU backend spends a third of the scan's step in some 20 small element-wise fusions per
+time step and runs the backward pass's transposed matmul at two thirds of its speed; this
+layer is one call forward and one call backward (XLA FFI): per time step one MKL matmul
 `[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores each running the
 whole recurrence for half the batch (an LSTM's batch rows are independent until the weight
-gradients, which are then one large matmul). On the project's 2-core CPU the tutorial's
-training step ran 1.55x the scan's speed with the kernel's first version (item 14), the
-second pass took another 10% off the kernel's time, and it runs 1.3-1.4x PyTorch's (item 15).
+gradients, which are then one large matmul).
 
 The C++ source (rnnjax/csrc/lstm_cpu.cc) is compiled on first use with the machine's C++
 compiler (`$CXX`, else `g++`) against MKL from PyPI (the `mkl` and `mkl-include` packages,
@@ -47,6 +44,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -181,19 +179,29 @@ def describe(config) -> str:
   return f"{what}: nn.RNN scan ({why})"
 
 
-def use_kernel(mode: str, x: jax.Array) -> bool:
-  """Whether a layer whose input is `x` runs on the kernel under `mode` (see `MODES`)."""
-  if mode == "xla":
-    return False
+def resolve(mode: str, dtype=jnp.float32) -> str:
+  """`cpu` or `xla`: how an LSTM layer computing in `dtype` runs under `mode` (see `MODES`).
+
+  `auto` is `cpu` where `status()` allows and `dtype` is float32, else `xla`; `cpu` where it
+  cannot run raises `KernelUnavailable` with the cause. `models.model_from_config` resolves
+  the config's choice once, when it builds the model.
+  """
   if mode not in MODES:
     raise ValueError(f"lstm_kernel must be one of {MODES}, got {mode!r}")
+  if mode == "xla":
+    return "xla"
   ok, why = status()
-  if ok and x.dtype != jnp.float32:
-    ok, why = False, f"the CPU kernel computes in float32, the input is {x.dtype}"
+  if ok and jnp.dtype(dtype) != jnp.float32:
+    ok, why = False, f"the CPU kernel computes in float32, the input is {jnp.dtype(dtype)}"
   if not ok and mode == "cpu":
     raise KernelUnavailable(f"lstm_kernel 'cpu' cannot run here: {why}. Use 'auto' (the "
                             "scan where the kernel cannot run) or 'xla'.")
-  return ok
+  return "cpu" if ok else "xla"
+
+
+def use_kernel(mode: str, x: jax.Array) -> bool:
+  """Whether a layer whose input is `x` runs on the kernel under `mode` (`resolve`)."""
+  return resolve(mode, x.dtype) == "cpu"
 
 
 def _shape(*dims):
@@ -235,14 +243,59 @@ def _layer_bwd(res, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def _weights(cell_params):
+  """`nn.OptimizedLSTMCell`'s parameters as the kernel's fused W_i, W_h, b."""
+  wi = jnp.concatenate([cell_params[k]["kernel"] for k in ("ii", "if", "ig", "io")], axis=1)
+  wh = jnp.concatenate([cell_params[k]["kernel"] for k in ("hi", "hf", "hg", "ho")], axis=1)
+  b = jnp.concatenate([cell_params[k]["bias"] for k in ("hi", "hf", "hg", "ho")])
+  return wi, wh, b
+
+
 def lstm(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array]):
   """`nn.RNN(nn.OptimizedLSTMCell)` with parameters `cell_params` (its `cell` subtree) on
   batch-major `x <f32>[B, T, F]` from `carry = (c0, h0)`: outputs `<f32>[B, T, H]`.
 
   Needs `status()[0]` (the library is loaded there)."""
-  wi = jnp.concatenate([cell_params[k]["kernel"] for k in ("ii", "if", "ig", "io")], axis=1)
-  wh = jnp.concatenate([cell_params[k]["kernel"] for k in ("hi", "hf", "hg", "ho")], axis=1)
-  b = jnp.concatenate([cell_params[k]["bias"] for k in ("hi", "hf", "hg", "ho")])
-  c0, h0 = carry
-  hs, _ = _layer(jnp.swapaxes(x, 0, 1), wi, wh, b, c0, h0)
+  hs, _ = _layer(jnp.swapaxes(x, 0, 1), *_weights(cell_params), *carry)
   return jnp.swapaxes(hs[1:], 0, 1)
+
+
+class KernelLSTM(nn.RNN):
+  """`nn.RNN(nn.OptimizedLSTMCell(H))`, run by the CPU kernel.
+
+  A drop-in for the `nn.RNN` it subclasses: the same fields and parameters (`cell/ii/kernel`,
+  ...), the same call (`initial_carry`, `init_key`, `return_carry`, `time_major`, `reverse`,
+  `keep_order`), so `nn.Bidirectional` takes it as is. `init` runs `nn.RNN`'s own scan, so
+  parameters are created exactly as there. Inputs are `<f32>[batch, time, features]` (time
+  first with `time_major`); `seq_lengths` needs the scan (`lstm_kernel="xla"`).
+  """
+
+  def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
+               return_carry=None, time_major=None, reverse=None, keep_order=None):
+    if self.is_initializing():
+      return super().__call__(inputs, initial_carry=initial_carry, init_key=init_key,
+                              seq_lengths=seq_lengths, return_carry=return_carry,
+                              time_major=time_major, reverse=reverse, keep_order=keep_order)
+    pick = lambda given, field: field if given is None else given  # noqa: E731
+    return_carry, time_major = pick(return_carry, self.return_carry), pick(time_major,
+                                                                           self.time_major)
+    reverse, keep_order = pick(reverse, self.reverse), pick(keep_order, self.keep_order)
+    if seq_lengths is not None:
+      raise NotImplementedError("KernelLSTM reads whole sequences; for seq_lengths use "
+                                "nn.RNN (lstm_kernel='xla')")
+    if not isinstance(self.cell, nn.OptimizedLSTMCell) or inputs.ndim != 3:
+      raise ValueError(f"KernelLSTM runs nn.OptimizedLSTMCell on [batch, time, features] "
+                       f"inputs; got {type(self.cell).__name__} on shape {inputs.shape}")
+    if inputs.dtype != jnp.float32:
+      raise KernelUnavailable(f"the CPU kernel computes in float32, the input is "
+                              f"{inputs.dtype}; use lstm_kernel 'xla'")
+    x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
+    if reverse:
+      x = jnp.flip(x, 0)
+    if initial_carry is None:
+      key = jax.random.key(0) if init_key is None else init_key
+      initial_carry = self.cell.initialize_carry(key, x.shape[1:])
+    hs, c = _layer(x, *_weights(self.variables["params"]["cell"]), *initial_carry)
+    outputs = jnp.flip(hs[1:], 0) if reverse and keep_order else hs[1:]
+    outputs = outputs if time_major else jnp.swapaxes(outputs, 0, 1)
+    return ((c, hs[-1]), outputs) if return_carry else outputs

@@ -1,7 +1,7 @@
 """Pure Flax modules: recurrent layers scanned by `nn.RNN`, and a dense readout.
 
-On one CPU device, unidirectional `nn.OptimizedLSTMCell` layers run on rnnjax's CPU kernel
-(`rnnjax.lstm_kernel`) with the parameters their `nn.RNN` declares (`lstm_kernel`).
+On one CPU device, `nn.OptimizedLSTMCell` layers run on rnnjax's CPU kernel:
+`lstm_kernel.KernelLSTM`, an `nn.RNN` with the same parameters (`make_rnn` picks the class).
 
 Parameter paths are stable and documented, because interop code maps them to other
 frameworks (see `SequenceClassifier`).
@@ -57,6 +57,18 @@ def make_cell(name: str, hidden_size: int) -> nn.RNNCellBase:
   raise ValueError(f"unknown cell {name!r}")
 
 
+def make_rnn(cell: str, hidden_size: int, implementation: str = "xla", **kwargs) -> nn.RNN:
+  """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size), **kwargs)`, or, for `lstm`
+  with `implementation="cpu"`, `lstm_kernel.KernelLSTM`: the same layer (fields,
+  parameters, call) run by rnnjax's CPU kernel. `implementation` is `cpu` or `xla`
+  (`lstm_kernel.resolve` turns `auto` into one of them)."""
+  if implementation not in ("cpu", "xla"):
+    raise ValueError(f"implementation must be 'cpu' or 'xla' (resolve 'auto' first), got "
+                     f"{implementation!r}")
+  layer = kernel_lib.KernelLSTM if cell == "lstm" and implementation == "cpu" else nn.RNN
+  return layer(make_cell(cell, hidden_size), **kwargs)
+
+
 class SequenceClassifier(nn.Module):
   """Recurrent layers over a sequence, then a dense layer on the last (or mean) output.
 
@@ -77,9 +89,11 @@ class SequenceClassifier(nn.Module):
     forget_bias: added to the forget-gate biases by `init_params` (LSTM cells only); the
       module itself only records it.
     lstm_kernel: how `lstm` layers run, both directions of bidirectional ones: `xla` (the
-      `nn.RNN` scan), `cpu` (rnnjax's CPU kernel, `rnnjax.lstm_kernel`: same parameters and
-      equations, one call per layer, direction and pass) or `auto` (the kernel where it can
-      run: one CPU device, float32, the library built; else the scan).
+      `nn.RNN` scan), `cpu` (`lstm_kernel.KernelLSTM`, rnnjax's CPU kernel: same parameters
+      and equations, one call per layer, direction and pass) or `auto` (the kernel where it
+      can run: one CPU device, float32, the library built; else the scan).
+      `model_from_config` resolves `auto` when it builds the model; a module built with
+      `auto` directly resolves it at its first call (`lstm_kernel.resolve`).
 
   Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
   bidirectional, for k > 0) and classes C::
@@ -119,29 +133,19 @@ class SequenceClassifier(nn.Module):
     step equals the usual logits for unidirectional models).
     """
     x = inputs
+    implementation = (kernel_lib.resolve(self.lstm_kernel, x.dtype) if self.cell == "lstm"
+                      else "xla")
     for k in range(self.num_layers):
       carry = zero_carry(x, self.hidden_size, self.cell)
-      if self.bidirectional:
+      if self.bidirectional:  # the backward RNN reads the sequence reversed, keeps order
         rnn = nn.Bidirectional(
-            nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),
-            nn.RNN(make_cell(self.cell, self.hidden_size), parent=None),  # reversed by it
+            make_rnn(self.cell, self.hidden_size, implementation, parent=None),
+            make_rnn(self.cell, self.hidden_size, implementation, parent=None),
             name=f"rnn_{k}")
+        x = rnn(x, initial_carry=(carry, carry))
       else:
-        rnn = nn.RNN(make_cell(self.cell, self.hidden_size), name=f"rnn_{k}")
-      if (self.cell == "lstm" and not self.is_initializing()
-          and kernel_lib.use_kernel(self.lstm_kernel, x)):
-        # The same layer, run by the CPU kernel on the parameters nn.RNN declared; the
-        # backward direction as nn.Bidirectional runs it: on the time-reversed sequence,
-        # its outputs reversed back, concatenated after the forward direction's.
-        params = self.variables["params"][f"rnn_{k}"]
-        if self.bidirectional:
-          backward = kernel_lib.lstm(params["backward_rnn"]["cell"], jnp.flip(x, 1), carry)
-          x = jnp.concatenate([kernel_lib.lstm(params["forward_rnn"]["cell"], x, carry),
-                               jnp.flip(backward, 1)], axis=-1)
-        else:
-          x = kernel_lib.lstm(params["cell"], x, carry)
-      else:
-        x = rnn(x, initial_carry=(carry, carry) if self.bidirectional else carry)
+        rnn = make_rnn(self.cell, self.hidden_size, implementation, name=f"rnn_{k}")
+        x = rnn(x, initial_carry=carry)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, name="head")
@@ -191,9 +195,11 @@ def init_params(model: SequenceClassifier, key: jax.Array, inputs: jnp.ndarray) 
 
 
 def model_from_config(config) -> SequenceClassifier:
-  """The one bridge from a `Config` to the model's arguments."""
+  """The one bridge from a `Config` to the model's arguments; `lstm_kernel="auto"` is
+  resolved here, once (`cpu` or `xla`, `lstm_kernel.resolve`)."""
   return SequenceClassifier(
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
       dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias,
-      lstm_kernel=config.lstm_kernel)
+      lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if config.cell == "lstm"
+      else config.lstm_kernel)

@@ -1,4 +1,6 @@
 import dataclasses
+import re
+import types
 
 import pytest
 
@@ -48,3 +50,32 @@ def test_shape_differences():
   new = config_lib.get_config("tutorial").replace(hidden_size=128, learning_rate=0.1)
   assert config_lib.shape_differences(old, new) == [
       "hidden_size: 256 in the workdir, 128 now"]
+
+
+def _edges(kind, spec):
+  """(accepted, rejected) values at a field's bounds, from its metadata."""
+  step = 1 if kind is int else 1e-9
+  ok, bad = [], []
+  for bound, open_, sign in ((spec["low"], spec["open_low"], -1),
+                             (spec["high"], spec["open_high"], +1)):
+    if bound is not None:
+      (bad if open_ else ok).append(bound)
+      bad.append(bound + sign * step)
+  return ok, bad
+
+
+@pytest.mark.parametrize("field,kind,spec", [
+    (f.name, kind, f.metadata) for f, kind, _ in config_lib.fields()
+    if kind in (int, float) and f.metadata["low"] is not None])
+def test_every_bound_in_the_metadata_is_what_validate_enforces(field, kind, spec):
+  """The value at each closed bound is accepted, the one just past it rejected with the
+  words the metadata gives; a float field refuses nan and inf."""
+  base = config_lib.get_config("tiny").replace(optimizer="adamw", schedule="constant")
+  ok, bad = _edges(kind, spec)
+  words = re.escape(f"{field} must be {config_lib.expected(kind, spec)}, got ")
+  for value in ok:  # (num_classes 1 passes the bound, then meets the datasets' 10 classes)
+    errors = config_lib.validate(types.SimpleNamespace(**{**base.to_dict(), field: value}))
+    assert not [e for e in errors if re.match(words, e)], errors
+  for value in bad + ([float("nan"), float("inf")] if kind is float else ["7", 2.0]):
+    with pytest.raises(ValueError, match=words):
+      dataclasses.replace(base, **{field: value})

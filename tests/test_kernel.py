@@ -110,6 +110,52 @@ def test_kernel_layer_with_a_given_carry_equals_nn_rnn():
 
 
 @needs_kernel
+@pytest.mark.parametrize("reverse,keep_order,time_major", [
+    (False, False, False), (True, False, False), (True, True, False), (True, True, True)])
+def test_kernel_layer_is_a_drop_in_for_nn_rnn(reverse, keep_order, time_major):
+  """KernelLSTM takes nn.RNN's parameters and call: the same parameter tree at init, the
+  same outputs and final carry for each `reverse` / `keep_order` / `time_major`, and inside
+  nn.Bidirectional."""
+  b, t, f, h = 9, 6, 4, 12
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((b, t, f)), jnp.float32)
+  x = jnp.swapaxes(x, 0, 1) if time_major else x
+  kw = dict(reverse=reverse, keep_order=keep_order, time_major=time_major, return_carry=True)
+  scan = nn.RNN(nn.OptimizedLSTMCell(h), **kw)
+  kernel = lstm_kernel.KernelLSTM(nn.OptimizedLSTMCell(h), **kw)
+  assert isinstance(kernel, nn.RNN)
+  p_scan, p_kernel = (m.init(jax.random.key(2), x)["params"] for m in (scan, kernel))
+  assert p_scan.keys() == p_kernel.keys() == {"cell"}
+  for a, bb in zip(jax.tree.leaves(p_scan), jax.tree.leaves(p_kernel)):
+    np.testing.assert_array_equal(a, bb)  # the same initialisation, bit for bit
+  params = perturbed(p_scan, 6)
+  (c1, h1), y1 = jax.jit(lambda p: kernel.apply({"params": p}, x))(params)
+  (c2, h2), y2 = jax.jit(lambda p: scan.apply({"params": p}, x))(params)
+  assert y1.shape == y2.shape == (x.shape[0], x.shape[1], h)
+  for got, want in ((y1, y2), (c1, c2), (h1, h2)):
+    assert rel_err(got, want) <= 1e-5
+  both = lambda cls: nn.Bidirectional(cls(nn.OptimizedLSTMCell(h)),  # noqa: E731
+                                      cls(nn.OptimizedLSTMCell(h)))
+  xb = x if not time_major else jnp.swapaxes(x, 0, 1)
+  p_both = perturbed(both(nn.RNN).init(jax.random.key(3), xb)["params"], 7)
+  got = both(lstm_kernel.KernelLSTM).apply({"params": p_both}, xb)
+  assert rel_err(got, both(nn.RNN).apply({"params": p_both}, xb)) <= 1e-5
+  with pytest.raises(NotImplementedError, match="seq_lengths"):
+    kernel.apply({"params": params}, x, seq_lengths=jnp.full((b,), t))
+
+
+def test_model_from_config_resolves_auto_once():
+  """The built model carries `cpu` or `xla`, never `auto`; `make_rnn` picks the class."""
+  want = "cpu" if AVAILABLE else "xla"
+  model = models.model_from_config(config_lib.get_config("tiny"))
+  assert model.lstm_kernel == want
+  assert type(models.make_rnn("lstm", 4, "cpu")) is lstm_kernel.KernelLSTM
+  assert type(models.make_rnn("lstm", 4, "xla")) is nn.RNN
+  assert type(models.make_rnn("gru", 4, "cpu")) is nn.RNN
+  with pytest.raises(ValueError, match="resolve 'auto' first"):
+    models.make_rnn("lstm", 4, "auto")
+
+
+@needs_kernel
 def test_default_model_uses_the_kernel_and_other_cells_the_scan():
   """`auto` runs LSTM layers, both directions of bidirectional ones, on the kernel (no
   scan in the program) and leaves other cells to nn.RNN."""
