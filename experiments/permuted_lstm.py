@@ -8,11 +8,8 @@ preset):
     python experiments/permuted_lstm.py                          # train in runs/permuted_lstm; rerun to resume
     python experiments/permuted_lstm.py evaluate                 # test accuracy of its best checkpoint
 
-Measured on this project's 2-core CPU machine (no GPU), docs/results.md:
-  2 of its 100 epochs fit in the time (about 5 min per epoch, 201-211 img/s, 2-core Intel
-  Xeon, 2026-11-27): 45.62% test accuracy after epoch 1, 55.07% after epoch 2, still
-  rising. Published for LSTMs on this task: 88-90%; a full run needs about 8 hours here, or
-  a GPU.
+Its measured time and result: the `permuted_lstm` preset's docstring (rnnjax/presets.py), and
+docs/results.md with hardware and commit.
 """
 
 import sys

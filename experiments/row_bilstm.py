@@ -9,11 +9,8 @@ preset):
     python experiments/row_bilstm.py                          # train in runs/row_bilstm; rerun to resume
     python experiments/row_bilstm.py evaluate                 # test accuracy of its best checkpoint
 
-Measured on this project's 2-core CPU machine (no GPU), docs/results.md:
-  99.40% test accuracy after 20 epochs (seed 0; 9,940 of 10,000; 99.40-99.41% over its
-  last 5 epochs), 588,810 parameters; 24.8 min for the whole run on the 2-core Intel Xeon,
-  2026-11-27 (55-79 s per epoch; its 1st and 4th epochs, 187 and 97 s, were slowed by tests
-  running beside it).
+Its measured time and result: the `row_bilstm` preset's docstring (rnnjax/presets.py), and
+docs/results.md with hardware and commit.
 """
 
 import sys

@@ -8,12 +8,8 @@ preset):
     python experiments/seq_lstm.py                          # train in runs/seq_lstm; rerun to resume
     python experiments/seq_lstm.py evaluate                 # test accuracy of its best checkpoint
 
-Measured on this project's 2-core CPU machine (no GPU), docs/results.md:
-  3 of its 100 epochs fit in the time (about 6 min per epoch, 170-180 img/s, 2-core Intel
-  Xeon, 2026-11-27): 43.14%, 44.56%, 46.03% test accuracy after epochs 1-3, learning
-  slowly. At Adam 1e-3 and 5e-4 (earlier versions of this preset) it collapsed to chance in
-  epoch 2 (34.83% -> 11.53%, 32.87% -> 9.80%). Published for LSTMs on this task:
-  98.2-98.9%; a full run needs about 10 hours here, or a GPU.
+Its measured time and result: the `seq_lstm` preset's docstring (rnnjax/presets.py), and
+docs/results.md with hardware and commit.
 """
 
 import sys

@@ -7,7 +7,7 @@ step, so a training process spends seconds per minute in page faults (the kernel
 the project's CPU; the figures are in docs/lab/2026-11-speed-notes.md.
 
 glibc reads its tunables once, when a process starts, so the commands (`mnist_lstm.py`,
-`benchmark.py`) call `use_tuned_allocator()` first thing: it restarts the same command in
+`benchmarks/`) call `use_tuned_allocator()` first thing: it restarts the same command in
 place (`os.execve`: same process id, same arguments) with the tunables set. It does nothing
 when `GLIBC_TUNABLES` is already set (your own setting wins), off Linux/glibc, or when
 turned off::

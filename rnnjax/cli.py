@@ -26,9 +26,11 @@ import numpy as np
 from rnnjax import allocator  # light: no JAX, no TF
 from rnnjax import config as config_lib
 
-REPO = Path(__file__).resolve().parent.parent  # the checkout, when installed from one
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+
+def _find_manual_dir(dataset: str) -> str | None:
+  from rnnjax.data import sources  # NumPy only; after parsing, so that --help is instant
+  return sources.find_manual_dir(dataset)
 
 
 def number(kind: type, low: float, open_low: bool = False):
@@ -183,7 +185,7 @@ def _evaluate(run, args, recorded: dict) -> int:
   config = run.config
   manual_dir = args.manual_dir or config.manual_dir
   if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
-    manual_dir = default_manual_dir(config.dataset)  # the run's folder is not here
+    manual_dir = _find_manual_dir(config.dataset)  # the run's folder is not here
   test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
                          manual_dir, config.dataset)
   r = inference.evaluate_run(run, test)
@@ -202,22 +204,13 @@ def _evaluate(run, args, recorded: dict) -> int:
   return 0
 
 
-def default_manual_dir(dataset: str = "mnist") -> str | None:
-  """$RNNJAX_MANUAL_DIR, else ../shared/data/DATASET beside the checkout when it exists."""
-  found = os.environ.get("RNNJAX_MANUAL_DIR") or None
-  shared = SHARED_DATA / dataset
-  if found is None and shared.is_dir():
-    found = str(shared)
-  return found
-
-
 def build_config(args: argparse.Namespace) -> config_lib.Config:
   """The preset `args.preset` with every flag given (not None) applied; the manual dir
   defaults to `default_manual_dir` of the dataset."""
   overrides = {f.name: getattr(args, f.name) for f, _, _ in config_lib.fields()
                if getattr(args, f.name) is not None}
   base = config_lib.get_config(args.preset)
-  overrides["manual_dir"] = args.manual_dir or default_manual_dir(
+  overrides["manual_dir"] = args.manual_dir or _find_manual_dir(
       overrides.get("dataset", base.dataset))
   return base.replace(**overrides)
 

@@ -180,12 +180,9 @@ class Config:
 
   @property
   def steps_per_epoch(self) -> int:
-    """Training steps per epoch (the last partial batch is dropped)."""
+    """Training steps per epoch of the full training split (the last partial batch is
+    dropped); the loop counts the split it is given (`data.steps_per_epoch`)."""
     return TRAIN_EXAMPLES // self.batch_size
-
-  @property
-  def total_steps(self) -> int:
-    return self.epochs * self.steps_per_epoch
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)

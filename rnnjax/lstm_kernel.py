@@ -9,7 +9,7 @@ Same parameters, same equations, float32::
     c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
 
 Outputs and gradients agree with the scan to float32 rounding (1e-7 to 2.4e-6 relative;
-tests/test_kernel.py). Why it exists (docs/performance.md, "How LSTM layers run"): XLA's
+tests/test_lstm_kernel.py). Why it exists (docs/performance.md, "How LSTM layers run"): XLA's
 CPU backend spends a third of the scan's step in some 20 small element-wise fusions per
 time step and runs the backward pass's transposed matmul at two thirds of its speed; this
 layer is one call forward and one call backward (XLA FFI): per time step one MKL matmul

@@ -26,26 +26,30 @@ Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
 
 
-def make_schedule(config) -> optax.Schedule:
-  """Learning rate as a function of the step: constant, or linear warm-up then cosine."""
+def make_schedule(config, steps_per_epoch: int | None = None) -> optax.Schedule:
+  """Learning rate as a function of the step: constant, or linear warm-up then cosine over
+  `config.epochs` epochs of `steps_per_epoch` steps (None: `config.steps_per_epoch`, the
+  full training split's)."""
   if config.schedule == "constant":
     return optax.constant_schedule(config.learning_rate)
-  warmup = int(round(config.warmup_epochs * config.steps_per_epoch))
+  steps_per_epoch = steps_per_epoch or config.steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(config.total_steps, warmup + 1),
+      decay_steps=max(config.epochs * steps_per_epoch, warmup + 1),
       end_value=config.learning_rate * config.final_lr_fraction)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Clipping by global norm (identity when `grad_clip_norm` is 0), then Adam or AdamW.
+def make_optimizer(config, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """Clipping by global norm (identity when `grad_clip_norm` is 0), then Adam or AdamW,
+  with `make_schedule(config, steps_per_epoch)`.
 
   The optimizer state has the same structure whatever the clipping and schedule values,
   so those may change when a run is resumed.
   """
   clip = (optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm > 0
           else optax.identity())
-  schedule = make_schedule(config)
+  schedule = make_schedule(config, steps_per_epoch)
   if config.optimizer == "adamw":
     opt = optax.adamw(schedule, weight_decay=config.weight_decay)
   else:

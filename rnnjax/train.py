@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -131,8 +132,8 @@ class StopSignals:
     self.immediate, self.on_terminate = immediate, on_terminate
     self._previous = {}
 
-  def _handle(self, signum, frame):
-    if self.immediate and signum == signal.SIGTERM:
+  def _terminate(self, signum):
+    with self._lock:  # the watcher and the handler may both get here
       try:
         if self.on_terminate is not None:
           self.on_terminate()
@@ -140,6 +141,10 @@ class StopSignals:
         os.write(reporting.console().fileno(), message)  # no buffered stream: it may be busy
       finally:
         os._exit(128 + signum)
+
+  def _handle(self, signum, frame):
+    if self.immediate and signum == signal.SIGTERM:
+      self._terminate(signum)
     if self.immediate:
       raise Interrupted(signum)
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
@@ -148,15 +153,34 @@ class StopSignals:
     print(f"\n{signal.Signals(signum).name}: stopping after the current steps and saving a "
           "checkpoint (Ctrl-C again to stop at once)", file=reporting.console(), flush=True)
 
+  def _watch(self, fd: int):
+    """A Python handler runs only when the main thread next runs Python, which a long call
+    into a library (tfds preparing data) can delay for minutes. The signal's number also
+    reaches this thread at once, through the wakeup fd: SIGTERM while `immediate` ends the
+    process from here."""
+    while chunk := os.read(fd, 64):
+      if self.immediate and signal.SIGTERM in chunk:
+        self._terminate(signal.SIGTERM)
+    os.close(fd)
+
   def __enter__(self):
+    self._lock = threading.Lock()
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
+      read, self._wakeup = os.pipe()
+      os.set_blocking(self._wakeup, False)
+      self._previous_wakeup = signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
+      threading.Thread(target=self._watch, args=(read,), daemon=True,
+                       name="rnnjax-signals").start()
     return self
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    if self._previous:
+      signal.set_wakeup_fd(self._previous_wakeup)
+      os.close(self._wakeup)  # the watcher reads the end of the pipe and returns
 
 
 @dataclasses.dataclass
@@ -188,12 +212,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
 
   Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
   (when > 0), and when SIGTERM or SIGINT asks the run to stop: the current call of the step
-  function finishes, its position is saved, and `Preempted` is raised (`Interrupted` before
-  training began). A resumed run sees exactly the batches the uninterrupted one would, so it
-  ends bit-identical. Unusable input raises WorkdirError (WorkdirBusy), data.DataError,
-  checkpointing.CheckpointError, resources.ResourceError or lstm_kernel.KernelUnavailable
-  before anything is written; a non-finite loss TrainingDiverged, keeping the last good
-  checkpoint.
+  function finishes, its position is saved, `Preempted` is raised (`Interrupted` before
+  training began). A resumed run sees exactly the batches the uninterrupted one would.
+  Unusable input raises WorkdirError, data.DataError, checkpointing.CheckpointError,
+  resources.ResourceError or lstm_kernel.KernelUnavailable before anything is written; a
+  non-finite loss TrainingDiverged, keeping the last good checkpoint.
   """
   workdir = Path(workdir)
   mesh, main = _check_before_work(config, workdir)
@@ -201,9 +224,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   with contextlib.ExitStack() as cleanup:
     if main:  # one writer per workdir
       cleanup.callback(workdir_lib.Lock(workdir).acquire().release)
-    started = time.time()
-    stop = cleanup.enter_context(StopSignals(immediate=True, on_terminate=lambda: (
-        data.remove_unfinished(config.data_dir, config.dataset, started))))
+    stop = cleanup.enter_context(StopSignals(immediate=True, on_terminate=functools.partial(
+        data.remove_unfinished, config.data_dir, config.dataset, time.time())))
     task = load_task(workdir, config)
     state = parallel.replicate(steps.create_train_state(config, jax.random.key(config.seed)),
                                mesh)
@@ -214,10 +236,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     if position.epoch >= config.epochs:
       log(f"run already finished: {position.epoch} of {config.epochs} epochs in {workdir}")
       return state, history
-    # Data is loaded only when there is training to do (a finished run answers at once),
-    # and before anything is written (a data error leaves the workdir as it was).
+    # Data only when there is training to do, before anything is written (a data error
+    # leaves the workdir as it was); the schedule then spans the epochs of the split at hand.
     train_split, test_split = splits if splits is not None else data.load_dataset(config)
     ctx = _context(config, workdir, mesh, ckpt, train_split, test_split, task, stop, main)
+    state = state.replace(tx=steps.make_optimizer(config, ctx.steps_per_epoch))
     if main:
       workdir_lib.record_start(workdir, config, position.epoch, position.epoch_step,
                                _step(state), warn=_warn)
@@ -362,7 +385,7 @@ def evaluate_epoch(ctx: Context, state, epoch: int, totals: dict, t0: float,
       "test_loss": test["loss"], "test_accuracy": test["accuracy"],
       "test_correct": test["correct"], "test_count": test["count"],
       "test_confusion": test["confusion"].tolist(),
-      "learning_rate": float(steps.make_schedule(c)(step)),
+      "learning_rate": float(steps.make_schedule(c, ctx.steps_per_epoch)(step)),
       "images_per_second": totals["count"] / train_seconds,
       "seconds": time.perf_counter() - t0,
   }

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configs, synthetic MNIST-shaped splits, the real files if present."""
+"""Fixtures: tiny configs, synthetic MNIST-shaped splits, the real files if present (helpers
+that are not fixtures: tests/helpers)."""
 
 import os
 from pathlib import Path
@@ -16,27 +17,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rnnjax import config as config_lib  # noqa: E402
 from rnnjax import data  # noqa: E402
-_env = os.environ.get(data.MANUAL_DIR_ENV)
-MNIST_DIR = Path(_env) if _env else REPO.parent / "shared" / "data" / "mnist"
-HAVE_MNIST = all((MNIST_DIR / f).is_file() for f in data.ALL_FILES)
-requires_mnist = pytest.mark.skipif(
-    not HAVE_MNIST, reason=f"real MNIST files not found in {MNIST_DIR} (set "
-    f"{data.MANUAL_DIR_ENV} to the folder holding the four official files)")
-
-
-def synthetic_split(n: int, seed: int) -> data.Split:
-  """MNIST-shaped random split whose label is learnable (the brightest of 10 row bands)."""
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-  labels = rng.integers(0, 10, size=n).astype(np.int32)
-  for i, y in enumerate(labels):
-    images[i, 2 * y + 4: 2 * y + 6] = 255
-  return data.Split(images=images, labels=labels)
+from tests.helpers import HAVE_MNIST, MNIST_DIR, synthetic_split  # noqa: E402
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 from rnnjax import allocator
 
 SHOW = ("import os, sys; from rnnjax import allocator; allocator.use_tuned_allocator(); "

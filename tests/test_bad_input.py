@@ -10,20 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import requires_mnist
-from test_cli import REPO, SCRIPT, run_cli
 from rnnjax import config, data, train
-
-TINY = ["--preset", "tiny", "--epochs", "2", "--data-source", "idx", "--no-progress"]
-
-
-def snapshot(workdir):
-  """{path: bytes} of every file under workdir/checkpoints, but for Orbax's temporary
-  folders (a step being written; never taken for a checkpoint, removed at the next start)."""
-  root = workdir / "checkpoints"
-  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-          if p.is_file() and ".orbax-checkpoint-tmp" not in str(p)}
-
+from tests.helpers import (REPO, SCRIPT, TINY, check_refused, requires_mnist, run_cli,
+                           snapshot)
 
 @pytest.fixture
 def good_workdir(tmp_path, tiny_splits):
@@ -31,14 +20,6 @@ def good_workdir(tmp_path, tiny_splits):
   workdir = tmp_path / "run"
   train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits, log=lambda s: None)
   return workdir
-
-
-def check_refused(r, workdir, before, *messages, code=1):
-  assert r.returncode == code, (r.returncode, r.stderr[-3000:])
-  for m in messages:
-    assert m in r.stderr, r.stderr[-3000:]
-  assert "Traceback" not in r.stderr
-  assert snapshot(workdir) == before
 
 
 def fake_mnist_files(folder):

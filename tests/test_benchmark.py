@@ -7,28 +7,35 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
-sys.path.insert(0, str(REPO / "experiments"))
-import benchmark  # noqa: E402
+sys.path.insert(0, str(REPO / "benchmarks"))
+import harness  # noqa: E402
+import throughput  # noqa: E402
 
-SCRIPT = REPO / "experiments" / "benchmark.py"
+SCRIPT = REPO / "benchmarks" / "throughput.py"
+EPOCH = REPO / "benchmarks" / "epoch.py"
+FORMER = REPO / "experiments" / "benchmark.py"  # the former name: forwards to the two
 
 
 def test_flops_per_image_by_hand():
   # Tutorial: per step 2 * (28 + 256) * 1024 = 581,632; x28 rows; + readout 2 * 256 * 10;
   # training = 3x forward.
   fwd = 28 * 2 * (28 + 256) * 1024 + 2 * 256 * 10
-  assert benchmark.flops_per_image("train", 256, 28, 28) == 3 * fwd
+  assert throughput.flops_per_image("train", 256, 28, 28) == 3 * fwd
   assert round(3 * fwd / 1e6, 1) == 48.9  # 3 x the forward pass: 48.9 MFLOP per image
-  assert round(benchmark.flops_per_image("train", 128, 28, 28) / 1e6, 1) == 13.4
-  assert benchmark.flops_per_image("eval", 128, 784, 1) == 784 * 2 * 129 * 512 + 2 * 128 * 10
+  assert round(throughput.flops_per_image("train", 128, 28, 28) / 1e6, 1) == 13.4
+  assert throughput.flops_per_image("eval", 128, 784, 1) == 784 * 2 * 129 * 512 + 2 * 128 * 10
 
 
 def test_unknown_setting_is_a_usage_error():
-  r = subprocess.run([sys.executable, str(SCRIPT), "--settings", "huge"], capture_output=True,
-                     text=True, cwd=REPO)
-  assert r.returncode == 2 and "unknown setting(s) huge" in r.stderr
+  for script in (SCRIPT, FORMER):
+    r = subprocess.run([sys.executable, str(script), "--settings", "huge"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "unknown setting(s) huge" in r.stderr
+  r = subprocess.run([sys.executable, str(FORMER), "--epoch", "--epoch-steps", "-1"],
+                     capture_output=True, text=True, cwd=REPO)
+  assert r.returncode == 2 and "--epoch-steps must be >= 0" in r.stderr
 
 
 @pytest.mark.parametrize("setting,batch,per_call", [("eval128", 1000, 1), ("small", 128, 10)])
@@ -50,9 +57,10 @@ def test_one_setting_as_json(setting, batch, per_call):
 def test_measured_processes_take_turns():
   """--compare-torch's two processes run their timed windows in turn, never at once (two
   rnnjax processes here: torch is not a dependency)."""
-  workers = [benchmark.Worker("jax", "eval128", 0.05, dict(os.environ)) for _ in range(2)]
+  workers = [harness.Worker(SCRIPT, "jax", "eval128", 0.05, dict(os.environ))
+             for _ in range(2)]
   try:
-    rates = benchmark.interleave(workers, 3)
+    rates = harness.interleave(workers, 3)
   finally:
     for w in workers:
       w.close()
@@ -64,7 +72,7 @@ def test_measured_processes_take_turns():
 
 def test_a_failing_measured_process_says_why():
   with pytest.raises(RuntimeError, match=r"(?s)jax nosuch failed \(exit 2\).*unknown setting"):
-    benchmark.Worker("jax", "nosuch", 0.05, dict(os.environ))
+    harness.Worker(SCRIPT, "jax", "nosuch", 0.05, dict(os.environ))
   # From the command line: an `error:` line naming the process, then its stderr; exit 1 and
   # no traceback of the driver's own (here JAX cannot start in the measured process).
   r = subprocess.run([sys.executable, str(SCRIPT), "--settings", "eval128", "--windows", "1",
@@ -78,8 +86,8 @@ def test_a_failing_measured_process_says_why():
 
 def test_epoch_mode_as_json():
   """--epoch: rnnjax's loop timed against its own step time and against a plain loop (a
-  few synthetic steps here; the figures themselves live in the README)."""
-  r = subprocess.run([sys.executable, str(SCRIPT), "--epoch", "--epoch-steps", "6",
+  few synthetic steps here; the figures themselves live in docs/performance.md)."""
+  r = subprocess.run([sys.executable, str(EPOCH), "--epoch-steps", "6",
                       "--synthetic", "--windows", "2", "--window-seconds", "0.05", "--json",
                       "--steps-per-call", "10,3"],
                      capture_output=True, text=True, cwd=REPO, timeout=300)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, requires_mnist, synthetic_split
+from tests.helpers import REPO, requires_mnist, synthetic_split
 from rnnjax import data
 
 
@@ -31,7 +31,7 @@ def test_read_idx_truncated(tmp_path):
 
 def test_missing_files_offline_names_all_four(tmp_path, monkeypatch):
   monkeypatch.delenv(data.MANUAL_DIR_ENV, raising=False)
-  monkeypatch.setattr(data, "network_available", lambda *a, **k: False)
+  monkeypatch.setattr(data.sources, "network_available", lambda *a, **k: False)
   with pytest.raises(data.DataError) as e:
     data.load_split("train", "idx", data_dir=str(tmp_path))
   for name in data.ALL_FILES:

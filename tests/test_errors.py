@@ -13,17 +13,14 @@ import time
 
 import pytest
 
-from conftest import REPO, requires_mnist
-from test_bad_input import TINY, check_refused, snapshot
-from test_cli import SCRIPT, run_cli
 from rnnjax import checkpointing, config, inference, resources, steps, train
+from tests.helpers import REPO, SCRIPT, TINY, check_refused, requires_mnist, run_cli, snapshot
 
-BENCHMARK = REPO / "experiments" / "benchmark.py"
 
 # Runs a command's main() with one library function replaced by one that raises.
 INJECT = """
 import sys
-sys.path.insert(0, {experiments!r})
+sys.path[:0] = [{experiments!r}, {benchmarks!r}]
 import importlib
 module = importlib.import_module(sys.argv[1])
 def boom(*a, **k):
@@ -35,7 +32,8 @@ sys.exit(script.main(sys.argv[4:]))
 
 
 def inject(module, name, script, *args):
-  code = INJECT.format(experiments=str(REPO / "experiments"))
+  code = INJECT.format(experiments=str(REPO / "experiments"),
+                      benchmarks=str(REPO / "benchmarks"))
   return subprocess.run([sys.executable, "-c", code, module, name, script, *map(str, args)],
                         capture_output=True, text=True, cwd=REPO, timeout=600)
 
@@ -85,7 +83,7 @@ def test_every_command_ends_an_unexpected_failure_with_one_line(good_workdir, tm
 
 
 def test_benchmark_ends_an_unexpected_failure_with_one_line():
-  r = inject("rnnjax.allocator", "wanted", "benchmark", "--settings", "tutorial")
+  r = inject("rnnjax.allocator", "wanted", "throughput", "--settings", "tutorial")
   check_one_error_line(r, "rnnjax-benchmark-")
 
 

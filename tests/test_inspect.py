@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_split
+from tests.helpers import synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import inference, train
 

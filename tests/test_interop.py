@@ -1,4 +1,4 @@
-"""rnnjax against PyTorch, through a fixture made by tests/make_torch_fixture.py."""
+"""rnnjax against PyTorch, through a fixture made by tests/tools/make_torch_fixture.py."""
 
 import json
 from pathlib import Path

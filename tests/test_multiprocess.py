@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, requires_mnist
-from test_cli import SCRIPT
+from tests.helpers import REPO, SCRIPT, requires_mnist
 
 REAL_TINY = ["--preset", "tutorial", "--hidden-size", "8", "--batch-size", "500",
              "--data-source", "idx", "--no-progress"]

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
 NOTEBOOK = REPO / "notebooks" / "mnist_lstm.ipynb"
 

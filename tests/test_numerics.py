@@ -1,9 +1,8 @@
 """rnnjax's model, gradients, optimizer and metrics against independent references.
 
-The reference is `tests/reference.py`: float64 NumPy written from the LSTM equations.
+The reference is `tests/helpers/reference.py`: float64 NumPy written from the LSTM equations.
 """
 
-import hashlib
 import subprocess
 import sys
 
@@ -14,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-import reference
-from conftest import REPO, synthetic_split
+from tests.helpers import REPO, reference, synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import data, models, steps
 
@@ -188,8 +186,8 @@ def params_digests(seeds: list[int], n: int) -> list[str]:
   side)."""
   code = """
 import hashlib, jax, numpy as np, sys
-sys.path.insert(0, {tests!r})
-from conftest import synthetic_split
+sys.path.insert(0, {repo!r})
+from tests.helpers import synthetic_split
 from rnnjax import config, data, steps
 seed, n = int(sys.argv[1]), int(sys.argv[2])
 c = config.get_config('tiny')
@@ -201,7 +199,7 @@ h = hashlib.sha256()
 for leaf in jax.tree.leaves(state.params):
   h.update(np.asarray(leaf).tobytes())
 print(h.hexdigest())
-""".format(tests=str(REPO / "tests"))
+""".format(repo=str(REPO))
   procs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(n)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for seed in seeds]

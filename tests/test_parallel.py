@@ -1,6 +1,6 @@
 """Data parallelism: 4 simulated devices, 2 real processes, checkpoints across topologies.
 
-Each run is a subprocess (`tests/sharded_run.py`), because the device count is fixed when
+Each run is a subprocess (`tests/tools/sharded_run.py`), because the device count is fixed when
 JAX starts. All train the same tiny LSTM on the same synthetic data with the same global
 batch (16) for 2 epochs of 8 steps; the final parameters are compared with the 1-device run
 (itself resumed after epoch 1, which is bit-identical: tests/test_train.py).
@@ -24,9 +24,9 @@ import types
 import numpy as np
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
-SCRIPT = REPO / "tests" / "sharded_run.py"
+SCRIPT = REPO / "tests" / "tools" / "sharded_run.py"
 ATOL = 1e-6
 
 

@@ -1,6 +1,6 @@
 """Tasks, cells and architectures against independent references.
 
-Cells: each against a float64 NumPy implementation of its equations (`tests/reference.py`),
+Cells: each against a float64 NumPy implementation of its equations (`tests/helpers/reference.py`),
 stacked, bidirectional and with both readouts. Tasks: exact input shapes and pixel orders,
 a pinned permutation, and a resumed permuted run that keeps its stored order.
 """
@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reference
-from conftest import synthetic_split
+from tests.helpers import reference, synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import data, inference, models, steps, train
 
@@ -294,7 +293,7 @@ def test_resumed_permuted_run_keeps_its_stored_permutation(tmp_path, small_split
   stored = json.loads((tmp_path / "split" / "permutation.json").read_text())
   assert stored["permutation"] == data.pixel_permutation(0).tolist()
   real = data.pixel_permutation
-  monkeypatch.setattr(data, "pixel_permutation", lambda seed: real(seed + 1))
+  monkeypatch.setattr(data.tasks, "pixel_permutation", lambda seed: real(seed + 1))
   resumed, history = train.train_and_evaluate(tiny_permuted(epochs=2), tmp_path / "split",
                                               splits=small_splits, log=lambda s: None)
   assert len(history) == 2
@@ -387,8 +386,8 @@ def test_other_datasets_by_name_through_their_own_checksums(tmp_path, monkeypatc
   sums = {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in data.ALL_FILES}
   with pytest.raises(data.DataError, match="wrong checksum for kmnist"):
     data.load_idx("test", manual_dir=folder, dataset="kmnist")
-  monkeypatch.setitem(data.DATASETS, "kmnist",
-                      dataclasses.replace(data.DATASETS["kmnist"], sha256=sums))
+  monkeypatch.setitem(data.PUBLISHED, "kmnist",
+                      dataclasses.replace(data.PUBLISHED["kmnist"], sha256=sums))
   test = data.load_split("test", "idx", manual_dir=folder, dataset="kmnist")
   assert test.images.shape == (10000, 28, 28) and test.labels.dtype == np.int32
   with pytest.raises(data.DataError, match="wrong checksum for mnist"):
@@ -400,8 +399,9 @@ def test_other_datasets_by_name_through_their_own_checksums(tmp_path, monkeypatc
 
 
 def test_offline_without_files_names_the_dataset_and_its_server(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "network_available", lambda host, **k: host is None)
+  monkeypatch.setattr(data.sources, "network_available", lambda host, **k: host is None)
   with pytest.raises(data.DataError, match="fashion_mnist data not found.*"
                                            "fashion-mnist.s3-website"):
     data.load_idx("test", data_dir=tmp_path, dataset="fashion_mnist")
-  assert data._host("fashion_mnist") == "fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+  assert (data.sources._host("fashion_mnist")
+          == "fashion-mnist.s3-website.eu-central-1.amazonaws.com")

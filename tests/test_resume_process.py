@@ -1,6 +1,6 @@
 """Stopping a real training process and rerunning it: the same final parameters, bit for bit.
 
-The driver and the random-kill loop live in tests/kill_resume.py (run it by hand for 20
+The driver and the random-kill loop live in tests/tools/kill_resume.py (run it by hand for 20
 kills); here: SIGTERM at a known point and a SIGKILL at a random one.
 """
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import kill_resume
-from conftest import REPO
+from tests.helpers import REPO
+from tests.tools import kill_resume
 
 EPOCHS, EVERY = 3, 5  # 30 steps per epoch, a checkpoint every 5 steps: ~1 s per epoch
 
@@ -55,8 +55,9 @@ def test_stopped_run_resumes_to_identical_parameters(tmp_path, sig, reference):
 
 
 def test_random_kills_resume_bit_identical(tmp_path, reference):
-  """A SIGKILL at a random moment (tests/kill_resume.py --kills 20 for the full check)."""
-  r = subprocess.run([sys.executable, str(REPO / "tests" / "kill_resume.py"), "--kills", "1",
+  """A SIGKILL at a random moment (tests/tools/kill_resume.py --kills 20 for the full check)."""
+  r = subprocess.run([sys.executable, str(REPO / "tests" / "tools" / "kill_resume.py"),
+                      "--kills", "1",
                       "--epochs", str(EPOCHS), "--every", str(EVERY), "--reference", reference,
                       "--max-delay", "6", "--workdir", str(tmp_path)],
                      capture_output=True, text=True, cwd=REPO, timeout=600)

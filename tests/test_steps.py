@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_split
+from tests.helpers import synthetic_split
 from rnnjax import data, steps
 
 
@@ -67,6 +67,10 @@ def test_cosine_schedule(tiny_config):
                              [0.0, 0.005, 0.01, 0.0], atol=1e-9)
   # Half-way through the decay, cosine is at half the peak.
   np.testing.assert_allclose(float(s(1200)), 0.005, rtol=1e-5)
+  # Over a split of 2,000 images: 20 steps per epoch, 60 in all.
+  s = steps.make_schedule(c, steps_per_epoch=20)
+  np.testing.assert_allclose([float(s(10)), float(s(20)), float(s(40)), float(s(60))],
+                             [0.005, 0.01, 0.005, 0.0], atol=1e-9)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

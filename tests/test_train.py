@@ -51,6 +51,15 @@ def test_workdir_layout_and_metrics(tiny_config, tiny_splits, tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4", "8"]
 
 
+def test_cosine_schedule_spans_the_split_it_is_given(tiny_config, tiny_splits, tmp_path):
+  """64 training images in batches of 16: 4 steps per epoch, so after 2 epochs (8 steps)
+  the cosine has decayed to its end, 10% of the peak; half-way, it is at the peak."""
+  config = tiny_config.replace(epochs=2, schedule="cosine", warmup_epochs=1.0,
+                               final_lr_fraction=0.1, learning_rate=0.01)
+  _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: None)
+  np.testing.assert_allclose([h["learning_rate"] for h in history], [0.01, 0.001], rtol=1e-6)
+
+
 def test_finished_run_says_so(tiny_config, tiny_splits, tmp_path):
   train.train_and_evaluate(tiny_config, tmp_path, tiny_splits, log=lambda s: None)
   lines = []

@@ -9,11 +9,9 @@ import time
 
 import pytest
 
-from conftest import REPO, requires_mnist
-from test_bad_input import TINY, check_refused, snapshot
-from test_cli import run_cli
 from rnnjax import config, train
 from rnnjax import workdir as workdir_lib
+from tests.helpers import REPO, TINY, check_refused, requires_mnist, run_cli, snapshot
 
 # The tiny run on real MNIST: 120 steps of 500 images per epoch, a few seconds.
 REAL_TINY = ["--preset", "tutorial", "--hidden-size", "8", "--batch-size", "500",

@@ -1,7 +1,7 @@
 """Kill a tiny training run with SIGKILL at random moments, resume it each time, and check
 that the finished run's parameters equal an uninterrupted run's, bit for bit.
 
-    python tests/kill_resume.py --kills 20          # about 2 minutes on a 2-core CPU
+    python tests/tools/kill_resume.py --kills 20          # about 2 minutes on a 2-core CPU
 
 Each attempt starts the same command on the same workdir and kills it after a random delay
 drawn over the whole life of a process (import, compile, restore, training steps and
@@ -22,14 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The training command: a tiny LSTM on synthetic MNIST-shaped data, checkpointing every
 # 3 steps; prints the digest of the final parameters and optimizer state.
 DRIVER = f"""
 import hashlib, sys, jax, numpy as np
-sys.path.insert(0, {str(REPO / 'tests')!r})
-from conftest import synthetic_split
+sys.path.insert(0, {str(REPO)!r})
+from tests.helpers import synthetic_split
 from rnnjax import config, train
 c = config.get_config('tiny').replace(epochs=int(sys.argv[2]), schedule='cosine',
     warmup_epochs=1.0, augment_shift=1, checkpoint_every_steps=int(sys.argv[3]))

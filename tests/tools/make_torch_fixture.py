@@ -1,7 +1,7 @@
 """Writes tests/fixtures/torch_lstm.json from PyTorch, for tests/test_interop.py.
 
 Needs torch (not a test dependency): `pip install torch==2.13.0 numpy`, then
-`python tests/make_torch_fixture.py`. The fixture records, for a small random
+`python tests/tools/make_torch_fixture.py`. The fixture records, for a small random
 `nn.LSTM` + `nn.Linear`: weights, inputs, labels, logits, the mean cross-entropy, its
 gradients, the final carry, and the parameters after one `torch.optim.Adam` step.
 `bias_hh` is frozen (random but not trained): PyTorch's two biases add up to Flax's one, and
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 BATCH, TIME, FEATURES, HIDDEN, CLASSES, LR = 3, 5, 6, 4, 10, 1e-3
-OUT = Path(__file__).parent / "fixtures" / "torch_lstm.json"
+OUT = Path(__file__).parents[1] / "fixtures" / "torch_lstm.json"
 
 
 class Net(torch.nn.Module):

@@ -1,8 +1,10 @@
-"""Experiment: the 2 cores as 2 XLA CPU devices, data parallel (each device half the batch,
+"""Measured at 5854821 (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment: the 2 cores as 2 XLA CPU devices, data parallel (each device half the batch,
 gradients summed across them), against one device using both cores for each op.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \
-        python experiments/speed/two_devices.py BATCH HIDDEN [K]
+        python benchmarks/probes/two_devices.py BATCH HIDDEN [K]
 
 Alternates, in one process, K steps per call of the loop's own `train.jit_train_steps()` on
 one device and on a 2-device mesh (batch sharded as the loop shards it). Prints images/s

@@ -1,8 +1,10 @@
-"""Profile of the loop's jitted train step (`train.jit_steps()`, tutorial preset): the
+"""Measured at 7d3e4b7 (2026-11-27); historical, not maintained: the code has moved on since.
+
+Profile of the loop's jitted train step (`train.jit_steps()`, tutorial preset): the
 milliseconds per step spent in each XLA CPU operation, from a jax.profiler trace of 20
 steps.
 
-    python experiments/speed/profile_step.py BATCH HIDDEN
+    python benchmarks/probes/profile_step.py BATCH HIDDEN
 
 Result (docs/lab/2026-11-speed-notes.md, item 9, measured with an earlier version of this script
 that built its own copy of the same model and step): about two thirds of the step in

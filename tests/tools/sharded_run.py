@@ -1,6 +1,6 @@
 """One training process on N simulated CPU devices, for tests/test_parallel.py.
 
-    python tests/sharded_run.py --devices 4 --workdir W --epochs 2 --out params.npz \\
+    python tests/tools/sharded_run.py --devices 4 --workdir W --epochs 2 --out params.npz \\
         [--coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0]
 
 Trains a tiny LSTM on synthetic MNIST-shaped data with the library's whole loop
@@ -14,8 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: tests.helpers
 
 
 def main():
@@ -33,7 +32,7 @@ def main():
   import jax
   jax.config.update("jax_num_cpu_devices", args.devices)  # before any JAX work
   import numpy as np
-  from conftest import synthetic_split
+  from tests.helpers import synthetic_split
   from rnnjax import config, parallel, train
 
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)

@@ -1,4 +1,6 @@
-"""Experiment (not adopted, see docs/lab/2026-11-speed-notes.md): a whole LSTM layer as one
+"""Measured at 5cb070a (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment (not adopted, see docs/lab/2026-11-speed-notes.md): a whole LSTM layer as one
 function with a hand-written backward pass.
 
 `lstm_layer` computes exactly the recurrence of `nn.RNN(nn.OptimizedLSTMCell)` on the same

@@ -1,9 +1,11 @@
-"""Experiment (not adopted, see docs/lab/2026-11-speed-notes.md, item 10): an LSTM layer that
+"""Measured at 413b94d (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment (not adopted, see docs/lab/2026-11-speed-notes.md, item 10): an LSTM layer that
 returns only its final carry (what the `last` readout needs), with the gates kept as one
 `[B, 4H]` array (`trick`: sigmoid(z) = 0.5 tanh(z/2) + 0.5, so one tanh covers all four
 gates) and a hand-written backward pass like custom_vjp_lstm.py.
 
-    python experiments/speed/fused_gates_lstm.py HIDDEN BATCH base where trick
+    python benchmarks/probes/fused_gates_lstm.py HIDDEN BATCH base where trick
 
 prints the logits and gradient differences against nn.RNN, then images/s alternating.
 """

@@ -1,7 +1,9 @@
-"""Experiment: the LSTM with its input projection hoisted out of the scan (one matmul for
+"""Measured at ec5b7db (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment: the LSTM with its input projection hoisted out of the scan (one matmul for
 all 28 rows), against nn.RNN(OptimizedLSTMCell), same parameters; train steps with Adam.
 
-    python experiments/speed/hoist_input_projection.py HIDDEN BATCH
+    python benchmarks/probes/hoist_input_projection.py HIDDEN BATCH
 
 Results: docs/lab/2026-11-speed-notes.md.
 """

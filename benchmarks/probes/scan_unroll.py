@@ -1,7 +1,9 @@
-"""Experiment: `nn.RNN(..., unroll=U)` for the tutorial model, train steps with Adam,
+"""Measured at 413b94d (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment: `nn.RNN(..., unroll=U)` for the tutorial model, train steps with Adam,
 alternating in one process (images/s, median of 5 windows of 20 steps).
 
-    python experiments/speed/scan_unroll.py BATCH HIDDEN 1,2,4,7,28
+    python benchmarks/probes/scan_unroll.py BATCH HIDDEN 1,2,4,7,28
 
 Result (docs/lab/2026-11-speed-notes.md, item 7): every unroll > 1 is slower on the 2-core CPU.
 """

@@ -1,7 +1,9 @@
-"""Experiment: nn.RNN(OptimizedLSTMCell) against the hand-written custom-VJP layer in
+"""Measured at 5cb070a (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment: nn.RNN(OptimizedLSTMCell) against the hand-written custom-VJP layer in
 custom_vjp_lstm.py, same parameters, train steps with Adam, alternating in one process.
 
-    python experiments/speed/custom_vjp_compare.py HIDDEN BATCH TIME FEATURES base 1 base 1
+    python benchmarks/probes/custom_vjp_compare.py HIDDEN BATCH TIME FEATURES base 1 base 1
 
 prints the logits and gradient differences, then images/s for each entry (`base`, or an
 unroll count for the custom layer). Results: docs/lab/2026-11-speed-notes.md.

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reference
 from rnnjax import config as config_lib
 from rnnjax import lstm_kernel, models
+from tests.helpers import reference
 
 AVAILABLE, WHY = lstm_kernel.status()
 needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")

@@ -1,5 +1,5 @@
-"""MNIST (or Fashion-MNIST, KMNIST) as NumPy arrays, from tensorflow-datasets or straight
-from the four IDX files; and the tasks that turn images into sequences.
+"""Where the images come from: the registry of datasets in MNIST's format (where each is
+published, the SHA-256 of its four files), and the two sources that read them.
 
 Two sources give the same arrays, in the same order (the order of the official IDX files):
 
@@ -11,12 +11,7 @@ Two sources give the same arrays, in the same order (the order of the official I
 
 tfds stores examples shuffled by an md5 hash of their key (the index in the IDX file, salted
 with the split name); `load_tfds` undoes that, so both sources agree element for element.
-
-Batches are NumPy: images `<float32>[batch, 28, 28]` in [0, 1] (or, through a `Task`,
-sequences `[batch, 784, 1]`), labels `<int32>[batch]`.
-The training order of an epoch is a pure function of `(seed, epoch)`, so a resumed run sees
-exactly the batches an uninterrupted one would. TensorFlow is imported only inside
-`load_tfds`, and never sees a GPU.
+TensorFlow is imported only inside `load_tfds`, and never sees a GPU.
 """
 
 from __future__ import annotations
@@ -29,11 +24,10 @@ import socket
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from rnnjax.config import SEQUENCE_SHAPES, TASKS
+from rnnjax.config import DATASETS
 
 MANUAL_DIR_ENV = "RNNJAX_MANUAL_DIR"
 
@@ -53,9 +47,10 @@ class Dataset:
   sha256: dict[str, str]
 
 
-# Every one: 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the same four file
-# names; tfds's builders for them share MNIST's code (so also its example keys and order).
-DATASETS = {
+# Every one of config.DATASETS: 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the
+# same four file names; tfds's builders for them share MNIST's code (so also its example
+# keys and order).
+PUBLISHED = {
     "mnist": Dataset("https://storage.googleapis.com/cvdf-datasets/mnist/", {
         "train-images-idx3-ubyte.gz":
             "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -89,9 +84,12 @@ DATASETS = {
 }
 
 
+assert tuple(PUBLISHED) == DATASETS
+
+
 def dataset_info(name: str) -> Dataset:
   try:
-    return DATASETS[name]
+    return PUBLISHED[name]
   except KeyError:
     raise DataError(f"unknown dataset {name!r}; rnnjax reads {', '.join(DATASETS)}") from None
 
@@ -121,6 +119,20 @@ class Split:
 def default_data_dir() -> Path:
   """tfds's default data dir: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`."""
   return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout, when installed from one
+
+
+def find_manual_dir(dataset: str = "mnist") -> str | None:
+  """The offline folder of `dataset`'s four files, where one is set up: `$RNNJAX_MANUAL_DIR`,
+  else `../shared/data/DATASET` beside the checkout when it exists; None (the sources then
+  download, as tfds always does) otherwise. The command line's default for --manual-dir."""
+  found = os.environ.get(MANUAL_DIR_ENV) or None
+  shared = CHECKOUT.parent / "shared" / "data" / dataset
+  if found is None and shared.is_dir():
+    found = str(shared)
+  return found
 
 
 def resolve_manual_dir(manual_dir: str | os.PathLike | None) -> Path | None:
@@ -161,7 +173,7 @@ def verify_files(folder: Path, names=ALL_FILES, dataset: str = "mnist") -> None:
   for name in names:
     digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     if digest != sha256[name]:
-      others = [d for d, info in DATASETS.items() if info.sha256[name] == digest]
+      others = [d for d, info in PUBLISHED.items() if info.sha256[name] == digest]
       what = (f"it is {others[0]}'s {name}, not {dataset}'s: give each dataset its own folder"
               if others else "the file is corrupt, truncated, or not the official one")
       raise DataError(
@@ -362,169 +374,3 @@ def load_dataset(config) -> tuple[Split, Split]:
   """(train, test) splits for `config` (its data_source, data_dir and manual_dir)."""
   return tuple(load_split(s, config.data_source, config.data_dir, config.manual_dir,
                           config.dataset) for s in ("train", "test"))
-
-
-# ----------------------------------------------------------------------------------------
-# Batches.
-
-def to_float(images: np.ndarray) -> np.ndarray:
-  """`<uint8>[..., 28, 28]` -> `<float32>[..., 28, 28]` in [0, 1]."""
-  return images.astype(np.float32) / np.float32(255)
-
-
-# ----------------------------------------------------------------------------------------
-# Tasks: how an image becomes a sequence.
-
-PIXELS = 28 * 28
-
-
-def pixel_permutation(seed: int) -> np.ndarray:
-  """The `permuted` task's pixel order, `<int64>[784]`: a pure function of `seed`.
-
-  Runs store it in their workdir (permutation.json) and read it back from there, so a run
-  keeps its order even if NumPy's generator changed between versions.
-  """
-  return np.random.default_rng(seed).permutation(PIXELS)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Task:
-  """Turns images `<float32>[b, 28, 28]` into sequences `<float32>[b, time, features]`.
-
-  * `rows`: 28 steps of 28 pixels (the image as it is).
-  * `pixels`: 784 steps of 1 pixel, in raster order (sequential MNIST).
-  * `permuted`: 784 steps of 1 pixel, pixel `permutation[t]` at step t (permuted
-    sequential MNIST: no step is next to its neighbours in the image).
-
-  Attributes:
-    name: one of `rnnjax.config.TASKS`.
-    permutation: `<int>[784]`, for `permuted` only.
-  """
-  name: str = "rows"
-  permutation: np.ndarray | None = None
-
-  def __post_init__(self):
-    if self.name not in TASKS:
-      raise ValueError(f"unknown task {self.name!r}")
-    if self.name == "permuted":
-      p = self.permutation
-      if p is None or np.shape(p) != (PIXELS,) or not np.array_equal(np.sort(p),
-                                                                     np.arange(PIXELS)):
-        raise ValueError("the permuted task needs a permutation of range(784)")
-
-  @property
-  def shape(self) -> tuple[int, int]:
-    """`(time, features)` of one sequence."""
-    return SEQUENCE_SHAPES[self.name]
-
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    if self.name == "rows":
-      return images
-    flat = images.reshape(images.shape[0], PIXELS)
-    if self.name == "permuted":
-      flat = flat[:, self.permutation]
-    return flat[:, :, None]
-
-
-def make_task(name: str = "rows", permutation_seed: int = 0,
-              permutation: np.ndarray | None = None) -> Task:
-  """The task `name`; `permuted` uses `permutation` if given, else draws it from
-  `permutation_seed`."""
-  if name == "permuted" and permutation is None:
-    permutation = pixel_permutation(permutation_seed)
-  return Task(name, None if name != "permuted" else np.asarray(permutation, np.int64))
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """Training order of epoch `epoch`: a pure function of (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-  """Training steps per epoch; the last partial batch is dropped (the order changes each
-  epoch, so every example is still seen)."""
-  return n // batch_size
-
-
-def epoch_shifts(seed: int, epoch: int, n: int, max_shift: int) -> np.ndarray:
-  """Random translations of epoch `epoch`: `<int>[n, 2]` (rows, columns) in
-  [-max_shift, max_shift], one per position of the epoch's order; a pure function of
-  (seed, epoch), independent of the order's own stream."""
-  return np.random.default_rng([seed, epoch, 1]).integers(
-      -max_shift, max_shift + 1, size=(n, 2))
-
-
-def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-  """Translates each image by whole pixels, filling with zeros (the background).
-
-  Args:
-    images: `[b, H, W]`.
-    shifts: `<int>[b, 2]`: rows down, columns right (negative: up, left).
-  Returns:
-    `[b, H, W]`, same dtype; pixels moved out of the frame are lost.
-  """
-  b, h, w = images.shape
-  s = int(np.abs(shifts).max(initial=0))
-  if s == 0:
-    return images.copy()
-  padded = np.zeros((b, h + 2 * s, w + 2 * s), images.dtype)
-  padded[:, s:s + h, s:s + w] = images
-  out = np.empty_like(images)
-  for k, (dy, dx) in enumerate(shifts):
-    out[k] = padded[k, s - dy:s - dy + h, s - dx:s - dx + w]
-  return out
-
-
-def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0, max_shift: int = 0,
-                  shard: tuple[int, int] | None = None,
-                  task: Task | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the training batches of `epoch` from step `start_step` on.
-
-  Order and augmentation (random translations by up to `max_shift` pixels, off when 0) are
-  pure functions of (seed, epoch): resuming at `start_step` gives the same batches.
-  `shard=(first, count)` yields only rows [first, first + count) of every global batch of
-  `batch_size` (one process's share in a multi-host run; only those images are read).
-  `task` turns the (shifted) images into sequences; None: rows.
-
-  Yields:
-    {'image': <float32>[rows, time, features], 'label': <int32>[rows]}
-  """
-  n = len(split)
-  first, count = shard or (0, batch_size)
-  perm = epoch_permutation(seed, epoch, n)
-  shifts = epoch_shifts(seed, epoch, n, max_shift) if max_shift > 0 else None
-  for i in range(start_step, steps_per_epoch(n, batch_size)):
-    pos = np.arange(i * batch_size, (i + 1) * batch_size)
-    pos = pos[np.argsort(perm[pos], kind="stable")][first:first + count]  # sorted: faster gather
-    idx = perm[pos]
-    images = split.images[idx]
-    if shifts is not None:
-      images = shift_images(images, shifts[pos])
-    images = to_float(images)
-    yield {"image": task(images) if task else images, "label": split.labels[idx]}
-
-
-def eval_batches(split: Split, batch_size: int, shard: tuple[int, int] | None = None,
-                 task: Task | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Yields every example exactly once, in order; the last batch is zero-padded to
-  `batch_size` so that one compiled step serves all, and `mask` marks the real rows.
-  `shard=(first, count)`: only those rows of every batch, as in `train_batches`; `task`
-  as there.
-
-  Yields:
-    {'image': <float32>[rows, time, features], 'label': <int32>[rows],
-     'mask': <float32>[rows]}
-  """
-  n = len(split)
-  first, count = shard or (0, batch_size)
-  for start in range(0, n, batch_size):
-    lo, hi = min(start + first, n), min(start + first + count, start + batch_size, n)
-    pad = count - (hi - lo)
-    images, labels = to_float(split.images[lo:hi]), split.labels[lo:hi]
-    mask = np.ones(hi - lo, np.float32)
-    if pad:
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
-      labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-    yield {"image": task(images) if task else images, "label": labels, "mask": mask}

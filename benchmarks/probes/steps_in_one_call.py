@@ -1,8 +1,10 @@
-"""Experiment: the loop's own jitted functions, `train.jit_train_steps()` (K steps per call,
+"""Measured at 7d3e4b7 (2026-11-27); historical, not maintained: the code has moved on since.
+
+Experiment: the loop's own jitted functions, `train.jit_train_steps()` (K steps per call,
 a `lax.scan` over K stacked batches) against `train.jit_steps()` (one step per call), on 60
 device-resident batches per timed pass, alternating in one process (median of 5).
 
-    python experiments/speed/steps_in_one_call.py BATCH HIDDEN 1,10,30,60
+    python benchmarks/probes/steps_in_one_call.py BATCH HIDDEN 1,10,30,60
 
 Results: docs/lab/2026-11-speed-notes.md, items 8 (measured with an earlier version of this
 script that built its own copy of the same model and step) and 12.

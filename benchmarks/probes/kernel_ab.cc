@@ -1,3 +1,4 @@
+// Measured at a2aff56 (2026-11-27); historical, not maintained: the code has moved on since.
 // Same-process A/B timing of two builds of rnnjax's CPU LSTM kernel (rnnjax/csrc/lstm_cpu.cc),
 // call by call, so that both see the same moods of the machine (whole-process figures on the
 // project's 2-core machine drift by tens of per cent between minutes).
@@ -13,9 +14,9 @@
 //   J=$(python -c 'import jax; print(jax.ffi.include_dir())')
 //   FLAGS="-O3 -march=native -std=c++17 -w -I$J -I$P/include -L$P/lib -l:libmkl_rt.so.3 \
 //          -Wl,-rpath,$P/lib -lpthread"
-//   g++ -shared -fPIC -DKSRC='"/abs/path/a/lstm_cpu.cc"' experiments/speed/kernel_ab.cc \
+//   g++ -shared -fPIC -DKSRC='"/abs/path/a/lstm_cpu.cc"' benchmarks/probes/kernel_ab.cc \
 //       -o /tmp/a.so $FLAGS          # likewise b.so from another version
-//   g++ -DDRIVER experiments/speed/kernel_ab.cc -o /tmp/ab -ldl
+//   g++ -DDRIVER benchmarks/probes/kernel_ab.cc -o /tmp/ab -ldl
 //   /tmp/ab /tmp/a.so /tmp/b.so -- 28 128 28 128 40     # T B F H ROUNDS
 //
 // Used for docs/lab/2026-11-speed-notes.md item 15 (the older build's wrappers passed x and hs where these

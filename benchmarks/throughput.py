@@ -1,0 +1,299 @@
+"""How fast is rnnjax's step? Throughput of its real training and evaluation steps,
+optionally against PyTorch's `nn.LSTM`.
+
+Command (from the repository root; benchmarks/README.md says how to read the figures):
+
+    python benchmarks/throughput.py                       # every setting, rnnjax only
+    python benchmarks/throughput.py --compare-torch       # and PyTorch nn.LSTM, with ratios
+    python benchmarks/throughput.py --settings tutorial --json
+    python benchmarks/throughput.py --allocator tuned     # glibc malloc tunables, see below
+
+Each figure comes from its own process (so that peak memory and allocator state belong to
+one setting and one framework): warm-up, then `--windows` timed windows of about
+`--window-seconds` each, with device synchronisation at both ends; images/s is reported as
+the median, min and max over windows. With `--compare-torch` the rnnjax and PyTorch
+processes of a setting are alive at once and take turns, window by window (the other one
+waits, idle), so that both see the same moods of the machine; the ratio printed is the
+median over the pairs of neighbouring windows of rnnjax's images/s over PyTorch's. rnnjax
+trains as its loop does: `steps_per_call` (10) steps per call of the jitted
+`train.jit_train_steps()`, on 10 different device-resident batches; PyTorch one step per
+Python iteration, as its training loops run. Also: the first call's time (compilation
+included; for rnnjax training, the call's 10 steps too),
+the process's peak resident memory (CPU) or the device's peak bytes (GPU), the matmul FLOPs
+per image (counted from the LSTM equations: 2 FLOPs per multiply-add; training = 3x the
+forward pass) and the fraction of this machine's measured float32 matmul peak that the
+throughput implies.
+
+Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `small` (train,
+batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
+sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100).
+
+`--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
+`default` (none), `tuned` (arena_max=1, mmap_threshold=4 GiB, trim_threshold=64 GiB: freed
+memory is kept instead of returned to the kernel), `hugetlb` (transparent huge pages for
+malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `arena1` and
+`keep` (the two halves of `tuned`), `tuned+hugetlb`; a comma-separated list or `all`
+measures each in turn. Without the flag: `hugetlb`, or `default` under
+RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a
+CPU build here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from harness import (ALLOCATORS, Prepared, Worker, allocator_env, error_boundary, interleave,
+                     measure_matmul_peak, peak_rss_bytes, serve)
+
+from rnnjax import allocator  # light: no JAX
+
+HERE = Path(__file__).resolve()
+
+# name -> (mode, batch, hidden, time steps, features)
+SETTINGS = {
+    "tutorial": ("train", 100, 256, 28, 28),
+    "small": ("train", 128, 128, 28, 28),
+    "eval256": ("eval", 1000, 256, 28, 28),
+    "eval128": ("eval", 1000, 128, 28, 28),
+    "seq": ("train", 100, 128, 784, 1),
+}
+
+CLASSES = 10
+
+
+def flops_per_image(mode: str, hidden: int, steps: int, features: int) -> float:
+  """Matmul FLOPs per image: per step x@W (F x 4H) and h@U (H x 4H), then the readout;
+  a training step adds a backward pass of twice the forward."""
+  forward = steps * 2 * (features + hidden) * 4 * hidden + 2 * hidden * CLASSES
+  return 3 * forward if mode == "train" else forward
+
+
+def bench_jax(name: str) -> Prepared:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from rnnjax import config as config_lib
+  from rnnjax import models, steps, train
+
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch)
+  model = models.model_from_config(cfg)
+  per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
+  rng = np.random.default_rng(0)
+  images = rng.random((per_call, batch, t_steps, features), dtype=np.float32)
+  labels = rng.integers(0, CLASSES, (per_call, batch)).astype(np.int32)
+  params = model.init(jax.random.key(0), jnp.asarray(images[0, :1]))["params"]
+  state = steps.TrainState.create(apply_fn=model.apply, params=params,
+                                  tx=steps.make_optimizer(cfg))
+  _, eval_step = train.jit_steps()  # the loop's own jitted functions
+  train_steps = train.jit_train_steps()
+  holder = {"state": state}
+
+  if mode == "train":
+    batches = jax.device_put({"image": images, "label": labels})
+
+    def run():
+      holder["state"], holder["metrics"] = train_steps(holder["state"], batches)
+  else:
+    batch_dev = jax.device_put({"image": images[0], "label": labels[0],
+                                "mask": np.ones(batch, np.float32)})
+
+    def run():
+      holder["metrics"] = eval_step(holder["state"], batch_dev)
+
+  def sync():
+    jax.block_until_ready(holder["metrics"])
+
+  t = time.perf_counter()
+  run()
+  sync()
+  first_call = time.perf_counter() - t
+
+  def info():
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return {
+        "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
+        "steps_per_call": per_call,
+        "first_call_seconds": first_call,
+        "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
+        "peak_memory_kind": "device peak bytes" if stats else "process peak RSS",
+        "matmul_peak_gflops": measure_matmul_peak(),
+    }
+  return Prepared(run, sync, batch * per_call, info)
+
+
+def bench_torch(name: str) -> Prepared:
+  import torch
+
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  torch.manual_seed(0)
+
+  class Net(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.lstm = torch.nn.LSTM(features, hidden, batch_first=True)
+      self.fc = torch.nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):
+      out, _ = self.lstm(x)
+      return self.fc(out[:, -1])
+
+  net = Net()
+  opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+  x = torch.rand(batch, t_steps, features)
+  y = torch.randint(0, CLASSES, (batch,))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  if mode == "train":
+    def run():
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(net(x), y)
+      loss.backward()
+      opt.step()
+  else:
+    def run():
+      with torch.no_grad():
+        net(x).argmax(-1)
+
+  t = time.perf_counter()
+  run()
+  first_call = time.perf_counter() - t
+  return Prepared(run, lambda: None, batch, lambda: {
+      "framework": f"torch {torch.__version__}", "device": "cpu",
+      "first_call_seconds": first_call, "peak_memory_bytes": peak_rss_bytes(),
+      "peak_memory_kind": "process peak RSS"})
+
+
+def summarize(name: str, result: dict) -> dict:
+  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  rates = result.pop("images_per_second")
+  flops = flops_per_image(mode, hidden, t_steps, features)
+  out = {"setting": name, "mode": mode, "batch": batch, "hidden": hidden, "steps": t_steps,
+         "features": features, **result,
+         "images_per_second": {"median": statistics.median(rates), "min": min(rates),
+                               "max": max(rates), "windows": len(rates)},
+         "flops_per_image": flops}
+  peak = result.get("matmul_peak_gflops")
+  if peak:
+    out["fraction_of_matmul_peak"] = statistics.median(rates) * flops / (peak * 1e9)
+  return out
+
+
+def main(argv=None) -> int:
+  return error_boundary(lambda: benchmark_main(argv), "benchmark")
+
+
+def benchmark_main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--settings", default=",".join(SETTINGS),
+                 help=f"comma-separated, from {', '.join(SETTINGS)}")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
+  p.add_argument("--allocator", default=None,
+                 help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
+                      f"{', '.join(ALLOCATORS)}, a comma-separated list, or all "
+                      "(default: hugetlb, rnnjax's own setting)")
+  p.add_argument("--windows", type=int, default=7)
+  p.add_argument("--window-seconds", type=float, default=2.0)
+  p.add_argument("--json", action="store_true", help="one JSON object per setting")
+  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  names = [n.strip() for n in args.settings.split(",") if n.strip()]
+  unknown = [n for n in names if n not in SETTINGS]
+  if unknown:
+    p.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+  if args.windows < 1 or args.window_seconds <= 0:
+    p.error("--windows must be >= 1 and --window-seconds > 0")
+
+  if args.worker:  # inside a measured process: one setting, JSON lines on stdout
+    bench = bench_jax if args.worker == "jax" else bench_torch
+    serve(bench(names[0]), args.window_seconds)
+    return 0
+
+  if args.compare_torch:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      p.error("--compare-torch needs PyTorch: pip install torch==2.13.0 (CPU build)")
+  if args.allocator is None:
+    try:
+      allocators = ["hugetlb" if allocator.wanted() == "tuned" else "default"]
+    except ValueError as e:
+      p.error(str(e))
+  elif args.allocator == "all":
+    allocators = list(ALLOCATORS)
+  else:
+    allocators = [a.strip() for a in args.allocator.split(",") if a.strip()]
+    bad = [a for a in allocators if a not in ALLOCATORS]
+    if bad or not allocators:
+      p.error(f"unknown --allocator {', '.join(bad) or args.allocator!r}; choose from "
+              f"{', '.join(ALLOCATORS)} or all")
+
+  for name in names:
+    for alloc in allocators:
+      try:
+        measure(name, alloc, args, allocator_env(alloc))
+      except RuntimeError as e:  # a measured process failed: say which, and its stderr
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+  return 0
+
+
+def measure(name: str, alloc: str, args, env: dict) -> None:
+  """One setting under one allocator: rnnjax's process, and PyTorch's with --compare-torch,
+  both alive at once and taking turns window by window, so that the two see the same moods
+  of the machine (its speed drifts by tens of per cent between minutes)."""
+  frameworks = ["jax", "torch"] if args.compare_torch else ["jax"]
+  workers = []
+  try:
+    for framework in frameworks:
+      workers.append(Worker(HERE, framework, name, args.window_seconds, env))
+    rates = interleave(workers, args.windows)
+    results = [summarize(name, {**w.finish(), "images_per_second": r})
+               for w, r in zip(workers, rates)]
+  finally:
+    for w in workers:
+      w.close()
+  ours = results[0]
+  ours["allocator"] = alloc
+  if args.compare_torch:
+    theirs = results[1]
+    ours["torch"] = theirs
+    pairs = [a / b for a, b in zip(*rates)]
+    ours["speedup_vs_torch"] = statistics.median(pairs)
+    ours["speedup_vs_torch_per_window_pair"] = pairs
+    if "matmul_peak_gflops" in ours:
+      theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
+                                           * theirs["flops_per_image"]
+                                           / (ours["matmul_peak_gflops"] * 1e9))
+  if args.json:
+    print(json.dumps(ours), flush=True)
+  else:
+    print(line(ours), flush=True)
+
+
+def line(r: dict) -> str:
+  ips = r["images_per_second"]
+  s = (f"{r['setting']:9s} {r['allocator']:13s} {r['mode']:5s} b{r['batch']} h{r['hidden']} "
+       f"T{r['steps']} | "
+       f"rnnjax {ips['median']:9,.0f} img/s (min {ips['min']:,.0f}, max {ips['max']:,.0f}) | "
+       f"first call {r['first_call_seconds']:.2f}s | peak {r['peak_memory_bytes'] / 2**20:,.0f} "
+       f"MiB | {r['flops_per_image'] / 1e6:.1f} MFLOP/img")
+  if "fraction_of_matmul_peak" in r:
+    s += (f" | {100 * r['fraction_of_matmul_peak']:.0f}% of {r['matmul_peak_gflops']:.0f} "
+          "GFLOP/s")
+  if "torch" in r:
+    t = r["torch"]
+    s += (f" | torch {t['images_per_second']['median']:9,.0f} img/s "
+          f"({100 * t.get('fraction_of_matmul_peak', 0):.0f}%) | x{r['speedup_vs_torch']:.2f}")
+  return s
+
+
+if __name__ == "__main__":
+  sys.exit(main())
