@@ -62,7 +62,7 @@ def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None
   train_split = data.Split(images[:n], labels[:n])
   test_split = data.Split(images[:1000], labels[:1000])
   cfg = config_lib.get_config("tutorial").replace(
-      epochs=EPOCHS, progress=True, tensorboard=False, plots=False)
+      epochs=EPOCHS, progress=True, tensorboard=False, plots=False, validation_size=0)
   if steps_per_call:
     cfg = cfg.replace(steps_per_call=steps_per_call)
   lines = []

@@ -26,7 +26,9 @@ throughput implies.
 
 Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `small` (train,
 batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
-sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100).
+sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100), and `seq_gru`, `seq_lem`,
+`seq_cornn`, `seq_lru`: each other cell at `seq`'s setting (the LRU: one block, 64 complex
+states), against PyTorch's nn.LSTM there. The default is the five LSTM settings.
 
 `--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
 `default` (none), `tuned` (arena_max=1, mmap_threshold=4 GiB, trim_threshold=64 GiB: freed
@@ -54,22 +56,35 @@ from rnnjax import allocator  # light: no JAX
 
 HERE = Path(__file__).resolve()
 
-# name -> (mode, batch, hidden, time steps, features)
+# name -> (mode, batch, hidden, time steps, features, cell)
 SETTINGS = {
-    "tutorial": ("train", 100, 256, 28, 28),
-    "small": ("train", 128, 128, 28, 28),
-    "eval256": ("eval", 1000, 256, 28, 28),
-    "eval128": ("eval", 1000, 128, 28, 28),
-    "seq": ("train", 100, 128, 784, 1),
+    "tutorial": ("train", 100, 256, 28, 28, "lstm"),
+    "small": ("train", 128, 128, 28, 28, "lstm"),
+    "eval256": ("eval", 1000, 256, 28, 28, "lstm"),
+    "eval128": ("eval", 1000, 128, 28, 28, "lstm"),
+    "seq": ("train", 100, 128, 784, 1, "lstm"),
+    # Every other cell at `seq`'s setting (one layer; the LRU one block of 64 complex
+    # states): PyTorch's peer is its nn.LSTM at the same batch, width and length.
+    "seq_gru": ("train", 100, 128, 784, 1, "gru"),
+    "seq_lem": ("train", 100, 128, 784, 1, "lem"),
+    "seq_cornn": ("train", 100, 128, 784, 1, "cornn"),
+    "seq_lru": ("train", 100, 128, 784, 1, "lru"),
 }
 
 CLASSES = 10
 
 
-def flops_per_image(mode: str, hidden: int, steps: int, features: int) -> float:
-  """Matmul FLOPs per image: per step x@W (F x 4H) and h@U (H x 4H), then the readout;
-  a training step adds a backward pass of twice the forward."""
-  forward = steps * 2 * (features + hidden) * 4 * hidden + 2 * hidden * CLASSES
+def flops_per_image(mode: str, hidden: int, steps: int, features: int,
+                    cell: str = "lstm", state: int = 64) -> float:
+  """Matmul FLOPs per image, counted from the cell's equations (2 per multiply-add): per
+  step the input and recurrent matmuls (LSTM: x@W (F x 4H) and h@U (H x 4H); the LRU: B u
+  and C x in complex arithmetic, 4 real matmuls of H x N, and its gated linear unit, H x
+  2H), then the readout; a training step adds a backward pass of twice the forward."""
+  f, h = features, hidden
+  per_step = {"lstm": 2 * (f + h) * 4 * h, "gru": 2 * (f + h) * 3 * h,
+              "lem": 2 * (4 * f * h + 4 * h * h), "cornn": 2 * (f * h + 2 * h * h),
+              "lru": 2 * f * h + 8 * h * state + 2 * 2 * h * h}[cell]
+  forward = steps * per_step + 2 * hidden * CLASSES
   return 3 * forward if mode == "train" else forward
 
 
@@ -80,8 +95,9 @@ def bench_jax(name: str) -> Prepared:
   from rnnjax import config as config_lib
   from rnnjax import models, steps, train
 
-  mode, batch, hidden, t_steps, features = SETTINGS[name]
-  cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch)
+  mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
+  cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch,
+                                                  cell=cell)
   model = models.model_from_config(cfg)
   per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
   rng = np.random.default_rng(0)
@@ -131,7 +147,7 @@ def bench_jax(name: str) -> Prepared:
 def bench_torch(name: str) -> Prepared:
   import torch
 
-  mode, batch, hidden, t_steps, features = SETTINGS[name]
+  mode, batch, hidden, t_steps, features, _ = SETTINGS[name]  # always its nn.LSTM
   torch.manual_seed(0)
 
   class Net(torch.nn.Module):
@@ -170,11 +186,13 @@ def bench_torch(name: str) -> Prepared:
       "peak_memory_kind": "process peak RSS"})
 
 
-def summarize(name: str, result: dict) -> dict:
-  mode, batch, hidden, t_steps, features = SETTINGS[name]
+def summarize(name: str, result: dict, framework: str = "jax") -> dict:
+  mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
+  cell = cell if framework == "jax" else "lstm"  # PyTorch's peer is always its nn.LSTM
   rates = result.pop("images_per_second")
-  flops = flops_per_image(mode, hidden, t_steps, features)
-  out = {"setting": name, "mode": mode, "batch": batch, "hidden": hidden, "steps": t_steps,
+  flops = flops_per_image(mode, hidden, t_steps, features, cell)
+  out = {"setting": name, "mode": mode, "cell": cell, "batch": batch, "hidden": hidden,
+         "steps": t_steps,
          "features": features, **result,
          "images_per_second": {"median": statistics.median(rates), "min": min(rates),
                                "max": max(rates), "windows": len(rates)},
@@ -191,7 +209,7 @@ def main(argv=None) -> int:
 
 def benchmark_main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--settings", default=",".join(SETTINGS),
+  p.add_argument("--settings", default="tutorial,small,eval256,eval128,seq",
                  help=f"comma-separated, from {', '.join(SETTINGS)}")
   p.add_argument("--compare-torch", action="store_true",
                  help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
@@ -255,8 +273,8 @@ def measure(name: str, alloc: str, args, env: dict) -> None:
     for framework in frameworks:
       workers.append(Worker(HERE, framework, name, args.window_seconds, env))
     rates = interleave(workers, args.windows)
-    results = [summarize(name, {**w.finish(), "images_per_second": r})
-               for w, r in zip(workers, rates)]
+    results = [summarize(name, {**w.finish(), "images_per_second": r}, framework)
+               for w, r, framework in zip(workers, rates, frameworks)]
   finally:
     for w in workers:
       w.close()
@@ -280,7 +298,8 @@ def measure(name: str, alloc: str, args, env: dict) -> None:
 
 def line(r: dict) -> str:
   ips = r["images_per_second"]
-  s = (f"{r['setting']:9s} {r['allocator']:13s} {r['mode']:5s} b{r['batch']} h{r['hidden']} "
+  s = (f"{r['setting']:9s} {r['allocator']:13s} {r['mode']:5s} {r['cell']} b{r['batch']} "
+       f"h{r['hidden']} "
        f"T{r['steps']} | "
        f"rnnjax {ips['median']:9,.0f} img/s (min {ips['min']:,.0f}, max {ips['max']:,.0f}) | "
        f"first call {r['first_call_seconds']:.2f}s | peak {r['peak_memory_bytes'] / 2**20:,.0f} "

@@ -2,7 +2,8 @@
 
 Layout: `workdir/checkpoints/<global step>/{state/, meta/, metrics/}`. Orbax writes each
 step into a temporary folder and renames it when complete, so a run killed mid-save leaves
-no step that looks finished. Kept: the latest `keep` steps and the best by test accuracy.
+no step that looks finished. Kept: the latest `keep` steps and the best by validation
+accuracy (`selection_metrics`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,19 @@ class CheckpointError(Exception):
   """A checkpoint cannot be used; the message says which and what to do."""
 
 
-def _test_accuracy(metrics) -> float:
-  return metrics["test_accuracy"]
+def selection_metrics(record: dict[str, Any]) -> dict[str, float] | None:
+  """What ranks an epoch's checkpoint for `best_step`: its validation accuracy; None (not a
+  candidate: the best is then the latest) for a run without a validation split. Never the
+  test accuracy."""
+  if "val_accuracy" not in record:
+    return None
+  return {"val_accuracy": record["val_accuracy"]}
+
+
+def _val_accuracy(metrics) -> float:
+  # Checkpoints written before runs held out validation images ranked by test accuracy:
+  # they are never taken for the best.
+  return metrics.get("val_accuracy", float("-inf"))
 
 
 class Checkpointer:
@@ -41,12 +53,12 @@ class Checkpointer:
     self.unreadable: list[int] = []
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(keep),
-        policies.BestN(get_metric_fn=_test_accuracy, reverse=False, n=1,
+        policies.BestN(get_metric_fn=_val_accuracy, reverse=False, n=1,
                        keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation,
-        best_fn=_test_accuracy, best_mode="max",  # without best_fn, best_step() = latest
+        best_fn=_val_accuracy, best_mode="max",  # without best_fn, best_step() = latest
         enable_async_checkpointing=False,  # a returned save is on disk: simplest to reason about
         cleanup_tmp_directories=not read_only,  # leftovers of a save killed midway
         read_only=read_only, create=not read_only)
@@ -63,7 +75,7 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
-    """Writes checkpoint `step`; `metrics` (with `test_accuracy`) rank it for `best_step`."""
+    """Writes checkpoint `step`; `metrics` (`selection_metrics`) rank it for `best_step`."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
     try:

@@ -123,7 +123,8 @@ def make_inspect_parser(command: str) -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default", help="the run's workdir")
   p.add_argument("--checkpoint", default="best",
-                 help="best (by test accuracy), latest, or a step number")
+                 help="best (by validation accuracy; the latest where the run held out no "
+                      "validation images), latest, or a step number")
   if command == "evaluate":
     p.add_argument("--data-source", choices=config_lib.DATA_SOURCES,
                    help="override the run's data source")
@@ -186,22 +187,30 @@ def _evaluate(run, args, recorded: dict) -> int:
   manual_dir = args.manual_dir or config.manual_dir
   if not args.manual_dir and (not manual_dir or not Path(manual_dir).is_dir()):
     manual_dir = _find_manual_dir(config.dataset)  # the run's folder is not here
-  test = data.load_split("test", args.data_source or config.data_source, config.data_dir,
-                         manual_dir, config.dataset)
-  r = inference.evaluate_run(run, test)
-  print(f"test loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}% "
-        f"({r['correct']:,} of {r['count']:,})")
-  if "test_accuracy" in recorded:
-    same = "the same" if r["correct"] == recorded.get("test_correct") else "DIFFERENT"
-    print(f"recorded by the training run for this checkpoint: "
-          f"{100 * recorded['test_accuracy']:.2f}% ({recorded.get('test_correct')}): {same}")
+  load = lambda split: data.load_split(split, args.data_source or config.data_source,  # noqa
+                                       config.data_dir, manual_dir, config.dataset)
+  if config.validation_size:  # the images the run held out: what chose its best checkpoint
+    _, val = data.hold_out(load("train"), config.validation_size)
+    _report("validation", inference.evaluate_run(run, val), recorded, "val")
+  r = inference.evaluate_run(run, load("test"))
+  _report("test", r, recorded, "test")
   m = r["confusion"]
-  print("per-class accuracy:")
+  print("per-class test accuracy:")
   for k, acc in enumerate(r["per_class_accuracy"]):
     wrong = np.argsort(-np.where(np.arange(len(m)) == k, -1, m[k]))[0]
     print(f"  {k}: {100 * acc:6.2f}% ({m[k, k]:,} of {m[k].sum():,}; most often taken for "
           f"{wrong}: {m[k, wrong]})")
   return 0
+
+
+def _report(what: str, r: dict, recorded: dict, key: str) -> None:
+  print(f"{what} loss {r['loss']:.4f}, accuracy {100 * r['accuracy']:.2f}% "
+        f"({r['correct']:,} of {r['count']:,})")
+  if f"{key}_accuracy" in recorded:
+    same = "the same" if r["correct"] == recorded.get(f"{key}_correct") else "DIFFERENT"
+    print(f"recorded by the training run for this checkpoint: "
+          f"{100 * recorded[f'{key}_accuracy']:.2f}% ({recorded.get(f'{key}_correct')}): "
+          f"{same}")
 
 
 def build_config(args: argparse.Namespace) -> config_lib.Config:
@@ -345,12 +354,23 @@ def run_training(config, args, devices, terminal) -> int:
     return 130
   parallel.finish()
   if history:
-    last = history[-1]
-    epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
-    print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs}; "
-          f"results in {args.workdir} (metrics.jsonl, curves.png, confusion_matrix.png, "
-          "TensorBoard events, checkpoints/)")
+    print(f"{summary_line(history)}; results in {args.workdir} (metrics.jsonl, curves.png, "
+          "confusion_matrix.png, TensorBoard events, checkpoints/)")
   return 0
+
+
+def summary_line(history: list[dict]) -> str:
+  """The run's result: test accuracy at the best-validation checkpoint (selected on
+  validation, reported on test), or after the last epoch when no images were held out."""
+  from rnnjax import plots
+  last, best = history[-1], plots.best_epoch(history)
+  epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
+  if "val_accuracy" not in best:
+    return f"test accuracy {100 * last['test_accuracy']:.2f}% after {epochs}"
+  return (f"test accuracy {100 * best['test_accuracy']:.2f}% at the best-validation "
+          f"checkpoint (epoch {best['epoch']} of {last['epoch']}: validation "
+          f"{100 * best['val_accuracy']:.2f}%); after the last epoch: test "
+          f"{100 * last['test_accuracy']:.2f}%")
 
 
 if __name__ == "__main__":

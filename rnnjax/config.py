@@ -43,7 +43,7 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 # raster order, or in a fixed random order: permuted sequential MNIST).
 TASKS = ("rows", "pixels", "permuted")
 SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}  # [time, features]
-CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn")
+CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn", "lem", "cornn", "lru")
 READOUTS = ("last", "mean")
 
 
@@ -87,8 +87,19 @@ class Config:
   cell: str = _field(
       "lstm", "recurrent cell: lstm (nn.OptimizedLSTMCell), lstm_cell (nn.LSTMCell: same "
       "parameters and numbers, unfused), gru (nn.GRUCell), tanh (nn.SimpleCell, an Elman "
-      "RNN) or irnn (ReLU RNN, identity-initialised recurrence, Le et al. 2015)",
-      group=MODEL, choices=CELLS)
+      "RNN), irnn (ReLU RNN, identity-initialised recurrence, Le et al. 2015), lem (Long "
+      "Expressive Memory, Rusch et al. 2022), cornn (coupled oscillatory RNN, Rusch and "
+      "Mishra 2021) or lru (a deep model of Linear Recurrent Units computed in parallel over "
+      "time, Orvieto et al. 2023: --hidden-size is its width, --num-layers its blocks, "
+      "rnnjax.lru)", group=MODEL, choices=CELLS)
+  state_size: int = _field(64, "the lru's complex state per block", group=MODEL, low=1)
+  cell_dt: float | None = _field(
+      None, "time step of the lem and cornn cells (default: the authors' sequential-MNIST "
+      "setting, 0.21 for lem, 0.042 for cornn)", group=MODEL, low=0, open_low=True)
+  cornn_gamma: float = _field(2.7, "cornn's restoring force gamma (the authors' "
+                              "sequential-MNIST setting)", group=MODEL, low=0)
+  cornn_epsilon: float = _field(4.7, "cornn's damping epsilon (the authors' "
+                                "sequential-MNIST setting)", group=MODEL, low=0)
   forget_bias: float = _field(
       0.0, "added to the forget-gate bias at initialisation (LSTM cells only; 1.0 is the "
       "usual choice, Jozefowicz et al. 2015)", group=MODEL)
@@ -111,6 +122,12 @@ class Config:
   eval_batch_size: int = _field(
       1000, "test images per evaluation step; the last partial batch is padded and masked, "
       "so every image counts once", group=TRAINING, low=1)
+  validation_size: int = _field(
+      5000, "training images held out for validation: the first N of the training file (as "
+      "TensorFlow's MNIST reader kept 5,000), never trained on; every epoch is evaluated on "
+      "them and the best checkpoint is the one with the best validation accuracy (0: no "
+      "validation split, and the best checkpoint is the latest)", group=TRAINING, low=0,
+      high=TRAIN_EXAMPLES // 2)
   epochs: int = _field(13, "passes over the training split", group=TRAINING, low=1)
   optimizer: str = _field("adam", "adam, or adamw (decoupled weight decay)", group=TRAINING,
                           choices=OPTIMIZERS)
@@ -180,9 +197,10 @@ class Config:
 
   @property
   def steps_per_epoch(self) -> int:
-    """Training steps per epoch of the full training split (the last partial batch is
-    dropped); the loop counts the split it is given (`data.steps_per_epoch`)."""
-    return TRAIN_EXAMPLES // self.batch_size
+    """Training steps per epoch of the training split, the validation images held out (the
+    last partial batch is dropped); the loop counts the split it is given
+    (`data.steps_per_epoch`)."""
+    return (TRAIN_EXAMPLES - self.validation_size) // self.batch_size
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -281,6 +299,10 @@ def validate(c: Config) -> list[str]:
   if ok("batch_size") and c.batch_size > TRAIN_EXAMPLES:
     errors.append(f"batch_size {c.batch_size} exceeds the {TRAIN_EXAMPLES:,} training images "
                   f"of every dataset; use at most {TRAIN_EXAMPLES}")
+  elif ok("batch_size", "validation_size") and c.batch_size > TRAIN_EXAMPLES - c.validation_size:
+    errors.append(f"batch_size {c.batch_size} exceeds the {TRAIN_EXAMPLES - c.validation_size:,}"
+                  f" training images left beside the {c.validation_size:,} held out for "
+                  "validation; use a smaller --batch-size or --validation-size")
   if ok("eval_batch_size") and c.eval_batch_size > TEST_EXAMPLES:
     errors.append(f"eval_batch_size {c.eval_batch_size} exceeds the {TEST_EXAMPLES:,} test "
                   f"images (the rest would be padding); use at most {TEST_EXAMPLES}")
@@ -293,6 +315,9 @@ def validate(c: Config) -> list[str]:
   if ok("weight_decay") and c.weight_decay > 0 and c.optimizer != "adamw":
     errors.append(f"weight_decay is used by optimizer 'adamw' only (optimizer is "
                   f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
+  if c.cell == "lru" and c.bidirectional is True:
+    errors.append("bidirectional applies to the recurrent cells, not to lru (its blocks "
+                  "read the whole sequence at once); leave it off")
   if ok("forget_bias") and c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
     errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
                   "leave it at 0")
@@ -316,10 +341,14 @@ def __getattr__(name: str):
 
 def shape_differences(old: dict[str, Any], new: Config) -> list[str]:
   """Fields in `SHAPE_FIELDS` where a stored config dict and `new` disagree (and the
-  pixel order, for the permuted task)."""
+  pixel order, for the permuted task, and the validation split)."""
   out = []
   fields = SHAPE_FIELDS + (("permutation_seed",) if new.task == "permuted" else ())
   for f in fields:
     if f in old and old[f] != getattr(new, f):
       out.append(f"{f}: {old[f]!r} in the workdir, {getattr(new, f)!r} now")
+  # The held-out images must stay held out (a workdir from before the field trained on all).
+  if old and old.get("validation_size", 0) != new.validation_size:
+    out.append(f"validation_size: {old.get('validation_size', 0)!r} in the workdir, "
+               f"{new.validation_size!r} now (the validation images must never be trained on)")
   return out

@@ -81,6 +81,11 @@ def accumulate(totals: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
     totals["loss_sum"] += float(m["loss_sum"])
     totals["correct"] += int(m["correct"])
     totals["count"] += int(m["count"])
+    if "grad_norm" in m:  # training steps: the mean and largest gradient norm
+      norm = float(m["grad_norm"])
+      totals["steps"] = totals.get("steps", 0) + 1
+      totals["grad_norm_sum"] = totals.get("grad_norm_sum", 0.0) + norm
+      totals["grad_norm_max"] = max(totals.get("grad_norm_max", 0.0), norm)
     if "confusion" in m:
       totals["confusion"] = totals.get("confusion", 0) + np.asarray(m["confusion"], np.int64)
   return totals

@@ -15,10 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnnjax import cells
 from rnnjax import lstm_kernel as kernel_lib
 
 # Cells whose carry is `(c, h)`; the others carry `h` alone.
 LSTM_CELLS = ("lstm", "lstm_cell")
+TWO_STATE_CELLS = LSTM_CELLS + ("lem", "cornn")  # carry (memory, output)
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -29,7 +31,7 @@ def identity_init(key, shape, dtype=jnp.float32):
   return jnp.eye(shape[0], dtype=dtype)
 
 
-def make_cell(name: str, hidden_size: int) -> nn.RNNCellBase:
+def make_cell(name: str, hidden_size: int, **options) -> nn.RNNCellBase:
   """The cell called `name` (see `rnnjax.config.CELLS`), unbound (`parent=None`) so that
   its parameters nest under the `nn.RNN` that scans it.
 
@@ -41,7 +43,10 @@ def make_cell(name: str, hidden_size: int) -> nn.RNNCellBase:
   * `irnn`: the same with ReLU, the recurrent kernel initialised to the identity and the
     input kernel to N(0, 0.001^2) (Le, Jaitly and Hinton 2015, "A Simple Way to Initialize
     Recurrent Networks of Rectified Linear Units").
+  * `lem`, `cornn`: `cells.LEMCell`, `cells.CoRNNCell` (their `options`: `dt`, and
+    `gamma`, `epsilon` for coRNN; None takes the cell's default).
   """
+  options = {k: v for k, v in options.items() if v is not None}
   if name == "lstm":
     return nn.OptimizedLSTMCell(hidden_size, parent=None)
   if name == "lstm_cell":
@@ -54,11 +59,17 @@ def make_cell(name: str, hidden_size: int) -> nn.RNNCellBase:
     return nn.SimpleCell(hidden_size, activation_fn=nn.relu,
                          kernel_init=nn.initializers.normal(1e-3),
                          recurrent_kernel_init=identity_init, parent=None)
+  if name == "lem":
+    return cells.LEMCell(hidden_size, **options, parent=None)
+  if name == "cornn":
+    return cells.CoRNNCell(hidden_size, **options, parent=None)
   raise ValueError(f"unknown cell {name!r}")
 
 
-def make_rnn(cell: str, hidden_size: int, implementation: str = "xla", **kwargs) -> nn.RNN:
-  """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size), **kwargs)`, or, for `lstm`
+def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
+             cell_options: dict | None = None, **kwargs) -> nn.RNN:
+  """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size, **cell_options), **kwargs)`,
+  or, for `lstm`
   with `implementation="cpu"`, `lstm_kernel.KernelLSTM`: the same layer (fields,
   parameters, call) run by rnnjax's CPU kernel. `implementation` is `cpu` or `xla`
   (`lstm_kernel.resolve` turns `auto` into one of them)."""
@@ -66,7 +77,7 @@ def make_rnn(cell: str, hidden_size: int, implementation: str = "xla", **kwargs)
     raise ValueError(f"implementation must be 'cpu' or 'xla' (resolve 'auto' first), got "
                      f"{implementation!r}")
   layer = kernel_lib.KernelLSTM if cell == "lstm" and implementation == "cpu" else nn.RNN
-  return layer(make_cell(cell, hidden_size), **kwargs)
+  return layer(make_cell(cell, hidden_size, **(cell_options or {})), **kwargs)
 
 
 class SequenceClassifier(nn.Module):
@@ -79,7 +90,7 @@ class SequenceClassifier(nn.Module):
     hidden_size: units of each recurrent layer (per direction).
     num_layers: stacked layers; layer k>0 reads the outputs of layer k-1.
     num_classes: logits of the readout.
-    cell: `lstm`, `lstm_cell`, `gru`, `tanh` or `irnn` (see `make_cell`).
+    cell: `lstm`, `lstm_cell`, `gru`, `tanh`, `irnn`, `lem` or `cornn` (see `make_cell`).
     bidirectional: each layer is `nn.Bidirectional` of a forward and a backward RNN.
     dropout: rate of the dropout on every recurrent layer's outputs (active only with
       `train=True`, which then needs a `'dropout'` rng).
@@ -94,6 +105,8 @@ class SequenceClassifier(nn.Module):
       can run: one CPU device, float32, the library built; else the scan).
       `model_from_config` resolves `auto` when it builds the model; a module built with
       `auto` directly resolves it at its first call (`lstm_kernel.resolve`).
+    cell_dt, cornn_gamma, cornn_epsilon: the `lem` and `cornn` cells' constants
+      (`rnnjax.cells`; `cell_dt` None: the cell's own default).
 
   Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
   bidirectional, for k > 0) and classes C::
@@ -106,7 +119,7 @@ class SequenceClassifier(nn.Module):
 
   Bidirectional layers hold `rnn_{k}/forward_rnn/cell/...` and `rnn_{k}/backward_rnn/cell/...`.
   GRU cells: `{ir,iz,in}/{kernel,bias}`, `{hr,hz}/kernel`, `hn/{kernel,bias}`; tanh and IRNN
-  cells: `i/{kernel,bias}`, `h/kernel`.
+  cells: `i/{kernel,bias}`, `h/kernel`; LEM and coRNN cells: see `rnnjax.cells`.
 
   LSTM gates: i input, f forget, g cell candidate, o output (PyTorch's order). The carry is
   `(c, h)`; `c' = f*c + i*g`, `h' = o*tanh(c')`, with sigmoid for i, f, o and tanh for g.
@@ -121,6 +134,9 @@ class SequenceClassifier(nn.Module):
   readout: str = "last"
   forget_bias: float = 0.0
   lstm_kernel: str = "auto"
+  cell_dt: float | None = None
+  cornn_gamma: float = cells.CORNN_GAMMA
+  cornn_epsilon: float = cells.CORNN_EPSILON
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, all_steps: bool = False,
@@ -135,16 +151,19 @@ class SequenceClassifier(nn.Module):
     x = inputs
     implementation = (kernel_lib.resolve(self.lstm_kernel, x.dtype) if self.cell == "lstm"
                       else "xla")
+    options = {"lem": {"dt": self.cell_dt},
+               "cornn": {"dt": self.cell_dt, "gamma": self.cornn_gamma,
+                         "epsilon": self.cornn_epsilon}}.get(self.cell)
     for k in range(self.num_layers):
       carry = zero_carry(x, self.hidden_size, self.cell)
       if self.bidirectional:  # the backward RNN reads the sequence reversed, keeps order
         rnn = nn.Bidirectional(
-            make_rnn(self.cell, self.hidden_size, implementation, parent=None),
-            make_rnn(self.cell, self.hidden_size, implementation, parent=None),
+            make_rnn(self.cell, self.hidden_size, implementation, options, parent=None),
+            make_rnn(self.cell, self.hidden_size, implementation, options, parent=None),
             name=f"rnn_{k}")
         x = rnn(x, initial_carry=(carry, carry))
       else:
-        rnn = make_rnn(self.cell, self.hidden_size, implementation, name=f"rnn_{k}")
+        rnn = make_rnn(self.cell, self.hidden_size, implementation, options, name=f"rnn_{k}")
         x = rnn(x, initial_carry=carry)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -163,7 +182,8 @@ class SequenceClassifier(nn.Module):
 
 
 def zero_carry(x: jnp.ndarray, hidden_size: int, cell: str = "lstm"):
-  """Zero carry for `x <[batch, time, f]>`: `(c, h)` for LSTM cells, else `h`; each
+  """Zero carry for `x <[batch, time, f]>`: `(c, h)` for LSTM cells (`(z, y)` for LEM and
+  coRNN), else `h`; each
   `[batch, hidden]`.
 
   Derived from the input rather than made fresh, so that it has the input's dtype (float64
@@ -171,7 +191,7 @@ def zero_carry(x: jnp.ndarray, hidden_size: int, cell: str = "lstm"):
   batch-sharded input rejects under explicit mesh axes).
   """
   zeros = jnp.broadcast_to(jnp.zeros_like(x[:, 0, :1]), (x.shape[0], hidden_size))
-  return (zeros, zeros) if cell in LSTM_CELLS else zeros
+  return (zeros, zeros) if cell in TWO_STATE_CELLS else zeros
 
 
 def with_forget_bias(params: Any, value: float) -> Any:
@@ -189,17 +209,25 @@ def with_forget_bias(params: Any, value: float) -> Any:
 def init_params(model: SequenceClassifier, key: jax.Array, inputs: jnp.ndarray) -> Any:
   """`model.init(key, inputs)['params']`, with the model's forget-gate bias applied."""
   params = model.init(key, inputs)["params"]
-  if model.forget_bias and model.cell in LSTM_CELLS:
+  if getattr(model, "forget_bias", 0) and model.cell in LSTM_CELLS:
     params = with_forget_bias(params, model.forget_bias)
   return params
 
 
-def model_from_config(config) -> SequenceClassifier:
+def model_from_config(config) -> nn.Module:
   """The one bridge from a `Config` to the model's arguments; `lstm_kernel="auto"` is
-  resolved here, once (`cpu` or `xla`, `lstm_kernel.resolve`)."""
+  resolved here, once (`cpu` or `xla`, `lstm_kernel.resolve`). The `lru` cell's model is
+  `lru.LRUClassifier`, every other cell's `SequenceClassifier`."""
+  if config.cell == "lru":
+    from rnnjax import lru
+    return lru.LRUClassifier(
+        d_model=config.hidden_size, state_size=config.state_size,
+        num_blocks=config.num_layers, num_classes=config.num_classes,
+        dropout=config.dropout, readout=config.readout)
   return SequenceClassifier(
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
       dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias,
       lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if config.cell == "lstm"
-      else config.lstm_kernel)
+      else config.lstm_kernel, cell_dt=config.cell_dt, cornn_gamma=config.cornn_gamma,
+      cornn_epsilon=config.cornn_epsilon)

@@ -2,7 +2,7 @@
 
 Every run writes, into its workdir, after each epoch (so they are fresh at any moment)::
 
-    curves.png             loss and accuracy per epoch, train and test
+    curves.png             loss and accuracy per epoch: train, validation and test
     confusion_matrix.png   test-set confusion matrix of the latest epoch
 
 The notebook uses the same functions, plus `misclassified_grid` and `row_by_row`. Each
@@ -27,18 +27,23 @@ def _plt():
 
 
 def curves(history: Sequence[dict[str, Any]]):
-  """Loss (left) and accuracy in % (right) per epoch, train and test."""
+  """Loss (left) and accuracy in % (right) per epoch: train, validation (where the run
+  held some out) and test; the title names the best-validation epoch and its test
+  accuracy."""
   plt = _plt()
   epochs = [r["epoch"] for r in history]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-  for split, style in (("train", "o-"), ("test", "s-")):
-    ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split)
-    ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in history], style, label=split)
+  for split, style in (("train", "o-"), ("val", "^-"), ("test", "s-")):
+    if history and f"{split}_loss" in history[-1]:
+      ax_loss.plot(epochs, [r.get(f"{split}_loss") for r in history], style, label=split)
+      ax_acc.plot(epochs, [100 * r.get(f"{split}_accuracy", np.nan) for r in history], style,
+                  label=split)
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
   title = "accuracy"
-  if history:
-    best = max(history, key=lambda r: r["test_accuracy"])
-    title += f" (best test: {100 * best['test_accuracy']:.2f}%, epoch {best['epoch']})"
+  if history and "val_accuracy" in history[-1]:
+    best = best_epoch(history)
+    title += (f" (best validation: epoch {best['epoch']}, {100 * best['val_accuracy']:.2f}%;"
+              f" test there {100 * best['test_accuracy']:.2f}%)")
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
@@ -46,6 +51,16 @@ def curves(history: Sequence[dict[str, Any]]):
     ax.xaxis.get_major_locator().set_params(integer=True)
   fig.tight_layout()
   return fig
+
+
+def best_epoch(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """The record of the epoch with the best validation accuracy (the latest of ties, as the
+  checkpoint manager's `best_step`); the last epoch where the run held out no validation
+  images."""
+  scored = [r for r in history if "val_accuracy" in r]
+  if not scored:
+    return history[-1]
+  return max(scored, key=lambda r: (r["val_accuracy"], r["epoch"]))
 
 
 def confusion(matrix: np.ndarray, title: str = "test set"):

@@ -40,7 +40,7 @@ def tiny() -> Config:
   """For tests: a few units, small batches, one epoch; no progress bar, plots or TensorBoard
   events (the tests that check those turn them on). Seconds on synthetic data."""
   return Config(name="tiny", hidden_size=8, batch_size=16, eval_batch_size=32, epochs=1,
-                progress=False, tensorboard=False, plots=False)
+                validation_size=0, progress=False, tensorboard=False, plots=False)
 
 
 # Research presets: row-wise ones share `default`'s recipe; each has a script in

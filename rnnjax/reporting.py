@@ -78,10 +78,13 @@ class Progress:
 
 
 def epoch_line(r: dict[str, Any]) -> str:
+  val = (f"val loss {r['val_loss']:.4f} acc {100 * r['val_accuracy']:.2f}% | "
+         if "val_loss" in r else "")
+  norm = f" | grad norm {r['grad_norm']:.3g}" if "grad_norm" in r else ""
   return (f"epoch {r['epoch']:3d} | train loss {r['train_loss']:.4f} acc "
-          f"{100 * r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} acc "
+          f"{100 * r['train_accuracy']:.2f}% | {val}test loss {r['test_loss']:.4f} acc "
           f"{100 * r['test_accuracy']:.2f}% | {r['images_per_second']:,.0f} img/s | "
-          f"{r['seconds']:.1f}s")
+          f"{r['seconds']:.1f}s{norm}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -37,6 +37,10 @@ class ResourceError(ValueError):
 def _cell_parameters(cell: str, inputs: int, hidden: int) -> int:
   if cell in ("lstm", "lstm_cell"):
     return 4 * (inputs * hidden + hidden * hidden + hidden)
+  if cell == "lem":  # input [F, 4H] + bias, hidden [H, 3H] + bias, z [H, H] + bias
+    return 4 * inputs * hidden + 4 * hidden * hidden + 8 * hidden
+  if cell == "cornn":  # input [F, H] + bias, z and y [H, H]
+    return inputs * hidden + hidden + 2 * hidden * hidden
   if cell == "gru":  # ir, iz, in with biases; hr, hz; hn with a bias
     return 3 * inputs * hidden + 3 * hidden * hidden + 4 * hidden
   return inputs * hidden + hidden * hidden + hidden  # tanh, irnn
@@ -45,6 +49,11 @@ def _cell_parameters(cell: str, inputs: int, hidden: int) -> int:
 def parameter_count(config: Config) -> int:
   """The model's parameters: every recurrent layer (each direction) and the dense readout."""
   _, features = SEQUENCE_SHAPES[config.task]
+  if config.cell == "lru":  # encoder, blocks (norm, LRU, gated linear unit), readout
+    h, n = config.hidden_size, config.state_size
+    block = 2 * h + 3 * n + 4 * n * h + h + 2 * h * h + 2 * h
+    return (features * h + h + config.num_layers * block + h * config.num_classes
+            + config.num_classes)
   directions = 2 if config.bidirectional else 1
   total, inputs = 0, features
   for _ in range(config.num_layers):
@@ -57,6 +66,8 @@ def estimate(config: Config) -> dict[str, Any]:
   """Estimated bytes of a training run of `config`, by part (see the module docstring)."""
   time_steps, features = SEQUENCE_SHAPES[config.task]
   units = config.hidden_size * config.num_layers * (2 if config.bidirectional else 1)
+  if config.cell == "lru":  # the complex states (two floats each) beside the features
+    units = config.num_layers * (config.hidden_size + 2 * config.state_size)
   params = parameter_count(config)
   steps_in_call = min(config.steps_per_call, config.steps_per_epoch)
   parts = {

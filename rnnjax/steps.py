@@ -106,7 +106,8 @@ def train_step(state: TrainState, batch: Batch,
       `fold_in(key, state.step)`, so a resumed run draws the same ones. Needed only when the
       model has dropout.
   Returns:
-    The new state, and the batch's metrics (computed with the parameters before the step).
+    The new state, and the batch's metrics (computed with the parameters before the step;
+    `grad_norm`: the global norm of the gradient, before any clipping).
   """
   if key is not None and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # raw uint32 key data (how the loop replicates it)
@@ -117,7 +118,8 @@ def train_step(state: TrainState, batch: Batch,
     return cross_entropy(logits, batch["label"]).mean(), logits
 
   (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return state.apply_gradients(grads=grads), compute_metrics(logits, batch["label"])
+  metrics = {**compute_metrics(logits, batch["label"]), "grad_norm": optax.global_norm(grads)}
+  return state.apply_gradients(grads=grads), metrics
 
 
 def train_steps(state: TrainState, batches: Batch,

@@ -20,7 +20,9 @@ from typing import Any
 
 SCALARS = {  # TensorBoard tag -> metrics.jsonl key
     "train/loss": "train_loss", "train/accuracy": "train_accuracy",
+    "val/loss": "val_loss", "val/accuracy": "val_accuracy",
     "test/loss": "test_loss", "test/accuracy": "test_accuracy",
+    "grad_norm/mean": "grad_norm", "grad_norm/max": "grad_norm_max",
     "learning_rate": "learning_rate", "images_per_second": "images_per_second",
     "epoch": "epoch",
 }
@@ -44,7 +46,10 @@ class Writer:
     hp = {k: _hparam_value(v) for k, v in cfg.items() if v is not None}
     # The three hparams summaries in this run's own folder (SummaryWriter.add_hparams would
     # make a new sub-run for them).
-    for summary in hparams(hp, {"hparam/test_accuracy": 0.0, "hparam/test_loss": 0.0}):
+    metrics = {"hparam/test_accuracy": 0.0, "hparam/test_loss": 0.0}
+    if config.validation_size:
+      metrics["hparam/val_accuracy"] = 0.0
+    for summary in hparams(hp, metrics):
       self._writer.file_writer.add_summary(summary)
 
   def write_epoch(self, record: dict[str, Any]) -> None:
@@ -55,6 +60,8 @@ class Writer:
         self._writer.add_scalar(tag, float(record[key]), step)
     self._writer.add_scalar("hparam/test_accuracy", float(record["test_accuracy"]), step)
     self._writer.add_scalar("hparam/test_loss", float(record["test_loss"]), step)
+    if "val_accuracy" in record:
+      self._writer.add_scalar("hparam/val_accuracy", float(record["val_accuracy"]), step)
     self._writer.flush()
 
   def close(self) -> None:

@@ -191,6 +191,7 @@ class Context:
   mesh: Any
   ckpt: checkpointing.Checkpointer
   train_split: data.Split
+  val_split: data.Split | None  # held out of the training file; None: no validation
   test_split: data.Split
   task: data.Task
   steps_per_epoch: int
@@ -203,12 +204,12 @@ class Context:
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike,
-                       splits: tuple[data.Split, data.Split] | None = None,
+                       splits: tuple[data.Split, ...] | None = None,
                        log: Callable[[str], Any] = print):
   """Trains `config` in `workdir` (config.json, metrics.jsonl, checkpoints/), resuming from
-  its newest readable checkpoint. `splits`: (train, test) in memory, or None to load them as
-  `config` says; `log` takes the per-epoch lines. Returns (final state, history: one record
-  per epoch, as in metrics.jsonl).
+  its newest readable checkpoint. `splits`: (train, test) (`config.validation_size` held
+  out), (train, val, test) or None (loaded as `config` says); `log` takes the epoch lines.
+  Returns (final state, history: one record per epoch, as in metrics.jsonl).
 
   Checkpoints are written after every epoch, every `config.checkpoint_every_steps` steps
   (when > 0), and when SIGTERM or SIGINT asks the run to stop: the current call of the step
@@ -238,8 +239,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
       return state, history
     # Data only when there is training to do, before anything is written (a data error
     # leaves the workdir as it was); the schedule then spans the epochs of the split at hand.
-    train_split, test_split = splits if splits is not None else data.load_dataset(config)
-    ctx = _context(config, workdir, mesh, ckpt, train_split, test_split, task, stop, main)
+    splits = splits if splits is not None else data.load_dataset(config)
+    ctx = _context(config, workdir, mesh, ckpt, splits, task, stop, main)
     state = state.replace(tx=steps.make_optimizer(config, ctx.steps_per_epoch))
     if main:
       workdir_lib.record_start(workdir, config, position.epoch, position.epoch_step,
@@ -257,21 +258,28 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
       history.append(record)
       ckpt.save(record["step"], state,
                 checkpointing.Position(epoch + 1, 0, None, history).to_meta(),
-                metrics={"test_accuracy": record["test_accuracy"]})
+                metrics=checkpointing.selection_metrics(record))
       writer.write_epoch(record, confusion)
       if stop.signum is not None and epoch + 1 < config.epochs:
         raise _preempted(stop.signum, ckpt, epoch + 1, 0, ctx.steps_per_epoch, record["step"])
   return state, history
 
 
-def _context(config, workdir, mesh, ckpt, train_split, test_split, task, stop, main):
-  """The run's `Context`: the jitted steps, the dropout key, the epoch's length."""
+def _context(config, workdir, mesh, ckpt, splits, task, stop, main):
+  """The run's `Context`: the splits (the validation images held out of the training file
+  unless given), the jitted steps, the dropout key, the epoch's length."""
+  if len(splits) == 3:
+    train_split, val_split, test_split = splits
+  else:
+    (train_split, test_split), val_split = splits, None
+    train_split, val_split = data.hold_out(train_split, config.validation_size)
   steps_per_epoch = data.steps_per_epoch(len(train_split), config.batch_size)
   if steps_per_epoch < 1:
     raise data.DataError(f"batch_size {config.batch_size} exceeds the {len(train_split)} "
                          "training examples; use a smaller --batch-size")
   train_step, eval_step = jit_steps()
-  return Context(config, workdir, mesh, ckpt, train_split, test_split, task, steps_per_epoch,
+  return Context(config, workdir, mesh, ckpt, train_split, val_split, test_split, task,
+                 steps_per_epoch,
                  train_step, jit_train_steps(), eval_step,
                  parallel.replicate(jax.random.key_data(steps.dropout_key(config)), mesh),
                  stop, main)
@@ -373,23 +381,28 @@ def _run_call(ctx: Context, state, call: loop.Call, batches, reader: loop.Pendin
 
 def evaluate_epoch(ctx: Context, state, epoch: int, totals: dict, t0: float,
                    train_seconds: float):
-  """The epoch's record (as in metrics.jsonl) after evaluating on the test split, and the
-  test confusion matrix."""
+  """The epoch's record (as in metrics.jsonl) after evaluating on the validation split
+  (which chooses the best checkpoint) and on the test split (reported, never chosen by),
+  and the test confusion matrix."""
   c = ctx.config
   count = max(totals["count"], 1)
-  test = evaluate(ctx.eval_step, state, ctx.test_split, c.eval_batch_size, ctx.mesh, ctx.task)
-  step = _step(state)
-  record = {
-      "epoch": epoch + 1, "step": step,
-      "train_loss": totals["loss_sum"] / count, "train_accuracy": totals["correct"] / count,
-      "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-      "test_correct": test["correct"], "test_count": test["count"],
-      "test_confusion": test["confusion"].tolist(),
-      "learning_rate": float(steps.make_schedule(c, ctx.steps_per_epoch)(step)),
+  record = {"epoch": epoch + 1, "step": _step(state),
+            "train_loss": totals["loss_sum"] / count,
+            "train_accuracy": totals["correct"] / count}
+  if "grad_norm_sum" in totals:  # the global gradient norm, before clipping
+    record["grad_norm"] = totals["grad_norm_sum"] / max(totals["steps"], 1)
+    record["grad_norm_max"] = totals["grad_norm_max"]
+  for name, split in (("val", ctx.val_split), ("test", ctx.test_split)):
+    if split is not None:
+      r = evaluate(ctx.eval_step, state, split, c.eval_batch_size, ctx.mesh, ctx.task)
+      record.update({f"{name}_loss": r["loss"], f"{name}_accuracy": r["accuracy"],
+                     f"{name}_correct": r["correct"], f"{name}_count": r["count"]})
+  record["test_confusion"] = r["confusion"].tolist()
+  record.update({
+      "learning_rate": float(steps.make_schedule(c, ctx.steps_per_epoch)(record["step"])),
       "images_per_second": totals["count"] / train_seconds,
-      "seconds": time.perf_counter() - t0,
-  }
-  return record, test["confusion"]
+      "seconds": time.perf_counter() - t0})
+  return record, r["confusion"]
 
 
 def _warn(message: str) -> None:

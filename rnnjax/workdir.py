@@ -140,7 +140,7 @@ def check(workdir: Path, config: Config) -> None:
     diffs = shape_differences(_read_config_dict(stored), config)
     if diffs:
       raise WorkdirError(
-          f"workdir {str(workdir)!r} holds a run with a different model ("
+          f"workdir {str(workdir)!r} holds a run with a different model or data split ("
           + "; ".join(diffs) + "). Its checkpoints cannot be resumed with this config: "
           "use a new --workdir, or the same settings as before.")
 

@@ -26,6 +26,16 @@ def test_flops_per_image_by_hand():
   assert round(3 * fwd / 1e6, 1) == 48.9  # 3 x the forward pass: 48.9 MFLOP per image
   assert round(throughput.flops_per_image("train", 128, 28, 28) / 1e6, 1) == 13.4
   assert throughput.flops_per_image("eval", 128, 784, 1) == 784 * 2 * 129 * 512 + 2 * 128 * 10
+  # Other cells at 784 x 1, hidden 128, per step: LEM x (1 x 4H), y (H x 3H), z (H x H);
+  # coRNN x (1 x H), z and y (H x H); LRU encoder (1 x H), 4 real H x N matmuls for B u
+  # and C x (N = 64), its gated linear unit (H x 2H).
+  head = 2 * 128 * 10
+  assert throughput.flops_per_image("eval", 128, 784, 1, "lem") == 784 * 2 * (
+      4 * 128 + 4 * 128 * 128) + head
+  assert throughput.flops_per_image("eval", 128, 784, 1, "cornn") == 784 * 2 * (
+      128 + 2 * 128 * 128) + head
+  assert throughput.flops_per_image("eval", 128, 784, 1, "lru") == 784 * (
+      2 * 128 + 4 * 2 * 128 * 64 + 2 * 128 * 256) + head
 
 
 def test_unknown_setting_is_a_usage_error():

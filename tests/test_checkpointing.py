@@ -12,7 +12,7 @@ def test_round_trip_is_exact(tiny_config, tmp_path):
            "label": np.arange(4, dtype=np.int32)}
   state, _ = steps.train_step(state, batch)
   ckpt = checkpointing.Checkpointer(tmp_path / "ck")
-  ckpt.save(1, state, {"epoch": 1, "history": [{"a": 1.5}]}, {"test_accuracy": 0.5})
+  ckpt.save(1, state, {"epoch": 1, "history": [{"a": 1.5}]}, {"val_accuracy": 0.5})
   fresh = steps.create_train_state(tiny_config, jax.random.key(9))
   restored, meta, step = ckpt.restore(checkpointing.abstract_like(fresh))
   assert step == 1 and meta == {"epoch": 1, "history": [{"a": 1.5}]}
@@ -24,14 +24,24 @@ def test_round_trip_is_exact(tiny_config, tmp_path):
   ckpt.close()
 
 
-def test_keeps_latest_and_best(tiny_config, tmp_path):
+def test_keeps_latest_and_best_by_validation_never_by_test(tiny_config, tmp_path):
+  """The best is chosen on validation accuracy; the test accuracy, in the opposite order
+  here, plays no part. Without a validation split no checkpoint is ranked: best is None
+  (readers then take the latest)."""
   state = steps.create_train_state(tiny_config, jax.random.key(0))
   ckpt = checkpointing.Checkpointer(tmp_path / "ck", keep=2)
   for step, acc in [(1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7), (5, 0.65)]:
-    ckpt.save(step, state, {"epoch": step}, {"test_accuracy": acc})
+    record = {"val_accuracy": acc, "test_accuracy": 1 - acc}
+    ckpt.save(step, state, {"epoch": step}, checkpointing.selection_metrics(record))
   assert ckpt.steps() == [2, 4, 5]
   assert (ckpt.latest_step(), ckpt.best_step()) == (5, 2)
   ckpt.close()
+  assert checkpointing.selection_metrics({"test_accuracy": 0.9}) is None
+  unranked = checkpointing.Checkpointer(tmp_path / "none", keep=2)
+  for step in (1, 2, 3):
+    unranked.save(step, state, {"epoch": step}, None)
+  assert (unranked.steps(), unranked.best_step()) == ([2, 3], None)
+  unranked.close()
 
 
 def test_no_checkpoint_gives_none(tiny_config, tmp_path):

@@ -41,8 +41,22 @@ def test_unknown_preset():
 
 
 def test_steps_per_epoch():
-  assert config_lib.get_config("tutorial").steps_per_epoch == 600
-  assert config_lib.get_config("tutorial").replace(batch_size=128).steps_per_epoch == 468
+  # 60,000 training images, the first 5,000 held out for validation: 55,000 to train on.
+  assert config_lib.get_config("tutorial").steps_per_epoch == 550
+  assert config_lib.get_config("tutorial").replace(batch_size=128).steps_per_epoch == 429
+  assert config_lib.get_config("tutorial").replace(validation_size=0).steps_per_epoch == 600
+
+
+def test_the_validation_split_cannot_change_on_resume():
+  old = config_lib.get_config("tutorial").to_dict()
+  assert config_lib.shape_differences(old, config_lib.get_config("tutorial")) == []
+  diffs = config_lib.shape_differences(old, config_lib.get_config("tutorial").replace(
+      validation_size=0))
+  assert diffs == ["validation_size: 5000 in the workdir, 0 now (the validation images must "
+                   "never be trained on)"]
+  del old["validation_size"]  # a workdir from before the split: it trained on all 60,000
+  assert config_lib.shape_differences(old, config_lib.get_config("tutorial"))[0].startswith(
+      "validation_size: 0 in the workdir, 5000 now")
 
 
 def test_shape_differences():

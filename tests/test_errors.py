@@ -41,8 +41,11 @@ def inject(module, name, script, *args):
 @pytest.fixture(scope="module")
 def good_workdir(tmp_path_factory, tiny_splits):
   workdir = tmp_path_factory.mktemp("errors") / "run"
-  train.train_and_evaluate(config.get_config("tiny").replace(epochs=2, checkpoint_every_steps=2),
-                           workdir, tiny_splits, log=lambda s: None)
+  # 16 of the 64 images held out for validation (which ranks the best checkpoint): 3 steps
+  # per epoch, checkpoints at steps 2, 3 (epoch 1), 4 and 6 (epoch 2).
+  tiny = config.get_config("tiny").replace(epochs=2, checkpoint_every_steps=2,
+                                           validation_size=16)
+  train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
   return workdir
 
 
@@ -132,7 +135,9 @@ def test_evaluate_with_an_empty_workdir_flag_is_refused_as_training_is():
 def test_the_parameter_count_of_the_estimate_is_the_models():
   import jax
   for changes in ({}, {"cell": "gru"}, {"cell": "tanh", "num_layers": 2},
-                  {"bidirectional": True, "num_layers": 2, "task": "pixels"}):
+                  {"bidirectional": True, "num_layers": 2, "task": "pixels"},
+                  {"cell": "lem", "num_layers": 2}, {"cell": "cornn"},
+                  {"cell": "lru", "num_layers": 3, "state_size": 5}):
     c = config.get_config("tiny").replace(hidden_size=12, **changes)
     state = jax.eval_shape(lambda: steps.create_train_state(c, jax.random.key(0)))
     real = sum(x.size for x in jax.tree.leaves(state.params))
@@ -172,7 +177,8 @@ def test_a_damaged_checkpoint_record_falls_back_to_an_older_checkpoint(good_work
   newest, older = ckpt.steps()[-1], ckpt.steps()[-2]
   ckpt.close()
   _edit_meta(workdir, newest, edit)
-  r = run_cli("--workdir", workdir, *TINY, "--epochs", "1")  # restores, nothing to train
+  r = run_cli("--workdir", workdir, *TINY, "--epochs", "1",  # restores, nothing to train
+              "--validation-size", "16")
   assert r.returncode == 0 and "run already finished" in r.stdout, r.stderr
   assert message in r.stdout + r.stderr and "Traceback" not in r.stderr
   assert f"resumed from {workdir / 'checkpoints' / str(older)}" in r.stdout

@@ -78,3 +78,13 @@ def test_position_round_trips_through_a_checkpoint_record():
   assert end.to_meta() == {"epoch": 3, "history": [{}, {}, {}]}
   with pytest.raises(ValueError, match="history has 2 epochs, its epoch says 3"):
     checkpointing.Position.from_meta({"epoch": 3, "history": [{}, {}]})
+
+
+def test_gradient_norms_add_up_to_a_mean_and_a_maximum():
+  steps = [{"loss_sum": 1.5, "correct": 3, "count": 4, "grad_norm": 3.0},
+           {"loss_sum": 0.5, "correct": 1, "count": 4, "grad_norm": 5.0},
+           {"loss_sum": 1.0, "correct": 2, "count": 4, "grad_norm": 0.25}]
+  t = loop.accumulate(loop.accumulate(None, steps[:1]), steps[1:])  # in two chunks
+  assert (t["steps"], t["grad_norm_sum"], t["grad_norm_max"]) == (3, 8.25, 5.0)
+  assert (t["loss_sum"], t["correct"], t["count"]) == (3.0, 6, 12)
+  assert "steps" not in loop.accumulate(None, [{"loss_sum": 1.0, "correct": 1, "count": 1}])

@@ -18,7 +18,7 @@ from tests.helpers import reference, synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import data, inference, models, steps, train
 
-CELLS = config_lib.CELLS
+CELLS = [c for c in config_lib.CELLS if c != "lru"]  # the recurrent cells (lru: test_lru.py)
 
 
 def rel_err(got, want):
@@ -63,7 +63,7 @@ def test_logits_match_float64_numpy(cell, layers, bidirectional, readout, batch,
   assert err <= 1e-10
 
 
-@pytest.mark.parametrize("cell", ["gru", "tanh", "irnn"])
+@pytest.mark.parametrize("cell", ["gru", "tanh", "irnn", "lem", "cornn"])
 def test_float32_logits_and_gradients_match_float64(cell):
   """The float32 model (what trains) against the same model in float64, forward and
   gradients, on a 28-step input (the LSTM's gradients: tests/test_numerics.py)."""
@@ -405,3 +405,21 @@ def test_offline_without_files_names_the_dataset_and_its_server(tmp_path, monkey
     data.load_idx("test", data_dir=tmp_path, dataset="fashion_mnist")
   assert (data.sources._host("fashion_mnist")
           == "fashion-mnist.s3-website.eu-central-1.amazonaws.com")
+
+
+@pytest.mark.parametrize("cell,paths", [
+    ("lem", {"input/kernel": (3, 16), "input/bias": (16,), "hidden/kernel": (4, 12),
+             "hidden/bias": (12,), "z/kernel": (4, 4), "z/bias": (4,)}),
+    ("cornn", {"input/kernel": (3, 4), "input/bias": (4,), "z/kernel": (4, 4),
+               "y/kernel": (4, 4)})])
+def test_long_sequence_cells_parameter_paths_and_initialisation(cell, paths):
+  """The documented paths and shapes (features 3, hidden 4), initialised uniform within
+  the authors' bound: 1/sqrt(H) for LEM, 1/sqrt(F + 2H) for coRNN."""
+  model = models.SequenceClassifier(4, 1, cell=cell)
+  params = model.init(jax.random.key(0), jnp.zeros((2, 5, 3)))["params"]["rnn_0"]["cell"]
+  flat = {"/".join(k.key for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  assert {k: v.shape for k, v in flat.items()} == paths
+  bound = 1 / np.sqrt(4) if cell == "lem" else 1 / np.sqrt(3 + 8)
+  values = np.concatenate([np.ravel(v) for v in flat.values()])
+  assert np.abs(values).max() <= bound and np.abs(values).max() > 0.8 * bound

@@ -96,3 +96,23 @@ def test_train_steps_equal_that_many_train_step_calls(dropout):
   for k in ("loss_sum", "correct", "count"):
     np.testing.assert_array_equal(np.stack([m[k] for m in metrics]), ms[k])
   assert len({float(m["loss_sum"]) for m in metrics}) == 5  # five different batches
+
+
+def test_train_step_reports_the_gradients_global_norm(tiny_config):
+  """`grad_norm` is the norm of the whole gradient, before clipping: against jax.grad of
+  the same loss, summed in float64 by NumPy."""
+  config = tiny_config.replace(grad_clip_norm=0.01)  # clipping must not change the report
+  state = steps.create_train_state(config, jax.random.key(0))
+  split = synthetic_split(16, 3)
+  batch = {"image": data.to_float(split.images), "label": split.labels}
+
+  def loss(params):
+    logits = state.apply_fn({"params": params}, batch["image"])
+    return steps.cross_entropy(logits, batch["label"]).mean()
+
+  grads = jax.grad(loss)(state.params)
+  want = math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2))
+                       for g in jax.tree.leaves(grads)))
+  _, metrics = jax.jit(steps.train_step)(state, batch)
+  assert want > 0.01  # so that clipping would have changed it
+  np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-5)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnnjax import train
+from rnnjax import data, train
 
 
 class Crash(Exception):
@@ -83,3 +83,24 @@ def test_evaluation_counts_every_test_example(tiny_config, tiny_splits, tmp_path
   config = tiny_config.replace(eval_batch_size=16)  # 40 = 16 + 16 + 8 (padded)
   _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: None)
   assert history[-1]["test_count"] == 40
+
+
+def test_validation_images_are_held_out_and_choose_the_best_checkpoint(
+    tiny_config, tiny_splits, tmp_path):
+  """The first 16 of 64 training images are held out: 48 to train on (3 steps of 16), every
+  epoch evaluated on the 16 and on the test split; the best checkpoint is the epoch with
+  the best validation accuracy, whatever the test accuracy says."""
+  from rnnjax import checkpointing, plots
+  config = tiny_config.replace(epochs=4, validation_size=16, learning_rate=0.01)
+  _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: None)
+  assert [r["step"] for r in history] == [3, 6, 9, 12]
+  assert all(r["val_count"] == 16 and r["test_count"] == 40 for r in history)
+  assert all(r["grad_norm"] > 0 and r["grad_norm_max"] >= r["grad_norm"] for r in history)
+  train_images, val_images = data.hold_out(tiny_splits[0], 16)
+  np.testing.assert_array_equal(val_images.images, tiny_splits[0].images[:16])
+  np.testing.assert_array_equal(train_images.labels, tiny_splits[0].labels[16:])
+  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", read_only=True)
+  best = ckpt.best_step()
+  ckpt.close()
+  assert best == plots.best_epoch(history)["step"]
+  assert history[best // 3 - 1]["val_accuracy"] == max(r["val_accuracy"] for r in history)

@@ -370,7 +370,20 @@ def load_split(split: str, source: str = "auto", data_dir=None, manual_dir=None,
   raise ValueError(f"source must be 'auto', 'tfds' or 'idx', got {source!r}")
 
 
+def hold_out(train: Split, n: int) -> tuple[Split, Split | None]:
+  """(training images, validation images): the first `n` of `train` are held out for
+  validation, as TensorFlow's MNIST reader held out its first 5,000; `n` 0: (train, None)."""
+  if n == 0:
+    return train, None
+  if not 0 < n < len(train):
+    raise DataError(f"cannot hold out {n:,} of {len(train):,} training images for validation; "
+                    "use a smaller --validation-size (0: none)")
+  return (Split(train.images[n:], train.labels[n:]),
+          Split(train.images[:n], train.labels[:n]))
+
+
 def load_dataset(config) -> tuple[Split, Split]:
-  """(train, test) splits for `config` (its data_source, data_dir and manual_dir)."""
+  """(train, test) splits for `config` (its data_source, data_dir and manual_dir): the
+  whole training file (the loop holds out the validation images, `hold_out`)."""
   return tuple(load_split(s, config.data_source, config.data_dir, config.manual_dir,
                           config.dataset) for s in ("train", "test"))

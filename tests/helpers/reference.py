@@ -70,12 +70,56 @@ def relu(x):
   return np.maximum(x, 0.0)
 
 
+def _f64(cell):
+  return {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in cell.items()}
+
+
+def lem_layer(cell, x, dt=0.21):
+  """Long Expressive Memory (Rusch et al. 2022, eq. 3), written from the paper: carry (z, y),
+  output y."""
+  p = _f64(cell)
+  hidden = p["z"]["kernel"].shape[0]
+  y = np.zeros((x.shape[0], hidden))
+  z = np.zeros_like(y)
+  outputs = []
+  for t in range(x.shape[1]):
+    i = x[:, t] @ p["input"]["kernel"] + p["input"]["bias"]
+    h = y @ p["hidden"]["kernel"] + p["hidden"]["bias"]
+    i_dt_bar, i_dt_z, i_z, i_y = np.split(i, 4, axis=1)
+    h_dt_bar, h_dt_z, h_z = np.split(h, 3, axis=1)
+    dt_bar = dt * sigmoid(i_dt_bar + h_dt_bar)
+    dt_z = dt * sigmoid(i_dt_z + h_dt_z)
+    z = (1 - dt_z) * z + dt_z * np.tanh(i_z + h_z)
+    y = (1 - dt_bar) * y + dt_bar * np.tanh(z @ p["z"]["kernel"] + p["z"]["bias"] + i_y)
+    outputs.append(y)
+  return np.stack(outputs, 1), (z, y)
+
+
+def cornn_layer(cell, x, dt=0.042, gamma=2.7, epsilon=4.7):
+  """Coupled oscillatory RNN (Rusch and Mishra 2021, eq. 3), written from the paper: carry
+  (z, y), output y."""
+  p = _f64(cell)
+  hidden = p["z"]["kernel"].shape[0]
+  y = np.zeros((x.shape[0], hidden))
+  z = np.zeros_like(y)
+  outputs = []
+  for t in range(x.shape[1]):
+    drive = (x[:, t] @ p["input"]["kernel"] + p["input"]["bias"] + z @ p["z"]["kernel"]
+             + y @ p["y"]["kernel"])
+    z = z + dt * (np.tanh(drive) - gamma * y - epsilon * z)
+    y = y + dt * z
+    outputs.append(y)
+  return np.stack(outputs, 1), (z, y)
+
+
 LAYERS = {
     "lstm": lambda cell, x: lstm_layer(cell, x)[0],
     "lstm_cell": lambda cell, x: lstm_layer(cell, x)[0],
     "gru": lambda cell, x: gru_layer(cell, x)[0],
     "tanh": lambda cell, x: simple_layer(cell, x, np.tanh)[0],
     "irnn": lambda cell, x: simple_layer(cell, x, relu)[0],
+    "lem": lambda cell, x: lem_layer(cell, x)[0],
+    "cornn": lambda cell, x: cornn_layer(cell, x)[0],
 }
 
 
@@ -126,3 +170,19 @@ def adam(params, grads, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8):
     new_m.append(mi)
     new_v.append(vi)
   return new_p, new_m, new_v
+
+
+def lru_layer(p, u):
+  """One Linear Recurrent Unit (Orvieto et al. 2023), a plain loop over time in complex128,
+  written from the paper: x_t = lambda x_{t-1} + exp(gamma) (B u_t), y_t = Re(C x_t) + D u_t."""
+  p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+  lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+  b = (p["B_re"] + 1j * p["B_im"]) * np.exp(p["gamma_log"])[:, None]
+  c = p["C_re"] + 1j * p["C_im"]
+  u = np.asarray(u, np.float64)
+  x = np.zeros((u.shape[0], lam.shape[0]), np.complex128)
+  out = []
+  for t in range(u.shape[1]):
+    x = lam * x + u[:, t] @ b.T
+    out.append((x @ c.T).real + p["D"] * u[:, t])
+  return np.stack(out, 1)
