@@ -9,7 +9,7 @@ Command (from the repository root):
     python experiments/mnist_lstm.py predict --workdir runs/default digit.png ...
 
 Each preset's expected time and result, as measured: its docstring in rnnjax/presets.py
-(`tutorial`: about 98.7% after 13 epochs; `default`: about 99.4% after 20), and
+(`tutorial`: about 98.7% after 13 epochs; `default`: 99.33% at its best-validation epoch), and
 docs/results.md with hardware and commit.
 
 Stop it with Ctrl-C or SIGTERM (it saves its position inside the epoch) or kill it: the
