@@ -44,7 +44,8 @@ class Run:
 
 
 def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
-  """Restores the `best` (by test accuracy) or `latest` checkpoint of `workdir`.
+  """Restores the `best` (by validation accuracy; the latest without a validation split) or
+  `latest` checkpoint of `workdir`.
 
   `which` may also be a step number (as in checkpoints/<step>). When the `best` or `latest`
   one cannot be read, the others are tried, newest first, as training does; `Run.which`
