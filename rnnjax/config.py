@@ -103,6 +103,10 @@ class Config:
   forget_bias: float = _field(
       0.0, "added to the forget-gate bias at initialisation (LSTM cells only; 1.0 is the "
       "usual choice, Jozefowicz et al. 2015)", group=MODEL)
+  chrono_init: bool = _field(
+      False, "chrono initialisation of the LSTM gate biases (Tallec and Ollivier 2018): "
+      "forget bias log U(1, T - 1) per unit, input bias its negative, T the sequence length; "
+      "memories start out lasting up to T steps (LSTM cells only)", group=MODEL)
   hidden_size: int = _field(256, "units of each recurrent layer (per direction)",
                             group=MODEL, low=1)
   num_layers: int = _field(1, "stacked recurrent layers", group=MODEL, low=1)
@@ -321,6 +325,12 @@ def validate(c: Config) -> list[str]:
   if ok("forget_bias") and c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
     errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
                   "leave it at 0")
+  if c.chrono_init is True and c.cell not in ("lstm", "lstm_cell"):
+    errors.append(f"chrono_init applies to the LSTM cells only (cell is {c.cell!r}); "
+                  "leave it off")
+  elif c.chrono_init is True and ok("forget_bias") and c.forget_bias != 0:
+    errors.append("chrono_init sets the forget-gate biases itself; leave forget_bias at 0 "
+                  "with it")
   return errors
 
 

@@ -99,6 +99,9 @@ class SequenceClassifier(nn.Module):
       (the mean over time of the outputs).
     forget_bias: added to the forget-gate biases by `init_params` (LSTM cells only); the
       module itself only records it.
+    chrono_init: `init_params` sets the forget-gate biases to log U(1, T - 1) and the
+      input-gate biases to their negative, T the input's length (`with_chrono_init`; LSTM
+      cells only; recorded, as `forget_bias`).
     lstm_kernel: how `lstm` layers run, both directions of bidirectional ones: `xla` (the
       `nn.RNN` scan), `cpu` (`lstm_kernel.KernelLSTM`, rnnjax's CPU kernel: same parameters
       and equations, one call per layer, direction and pass) or `auto` (the kernel where it
@@ -133,6 +136,7 @@ class SequenceClassifier(nn.Module):
   dropout: float = 0.0
   readout: str = "last"
   forget_bias: float = 0.0
+  chrono_init: bool = False
   lstm_kernel: str = "auto"
   cell_dt: float | None = None
   cornn_gamma: float = cells.CORNN_GAMMA
@@ -206,11 +210,39 @@ def with_forget_bias(params: Any, value: float) -> Any:
   return jax.tree_util.tree_map_with_path(add, params)
 
 
+def with_chrono_init(params: Any, key: jax.Array, steps: int) -> Any:
+  """`params` with chrono initialisation (Tallec and Ollivier 2018, "Can recurrent neural
+  networks warp time?"): every LSTM layer's forget-gate bias `.../cell/hf/bias` drawn as
+  log(u), u ~ U(1, steps - 1) per unit, and its input-gate bias `.../cell/hi/bias` set to
+  the negative. A unit's memory then starts out lasting about u steps, spread up to the
+  sequence length, instead of the few steps a bias of 0 or 1 gives (sigmoid(1)^t).
+  The other parameters are unchanged. Layer j of the sorted paths draws from
+  `fold_in(key, j)`."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  names = {tuple(getattr(p, "key", None) for p in path): leaf for path, leaf in flat}
+  forget = sorted(n for n in names if n[-3:] == ("cell", "hf", "bias"))
+  biases = {}
+  for j, name in enumerate(forget):
+    leaf = names[name]
+    u = jax.random.uniform(jax.random.fold_in(key, j), leaf.shape, leaf.dtype,
+                           minval=1.0, maxval=max(steps - 1, 1.0))
+    biases[name] = jnp.log(u)
+    biases[name[:-2] + ("hi", "bias")] = -jnp.log(u)
+
+  def replace(path, leaf):
+    return biases.get(tuple(getattr(p, "key", None) for p in path), leaf)
+
+  return jax.tree_util.tree_map_with_path(replace, params)
+
+
 def init_params(model: SequenceClassifier, key: jax.Array, inputs: jnp.ndarray) -> Any:
-  """`model.init(key, inputs)['params']`, with the model's forget-gate bias applied."""
+  """`model.init(key, inputs)['params']`, with the model's forget-gate bias or chrono
+  initialisation applied (LSTM cells; chrono draws from `fold_in(key, 1)`)."""
   params = model.init(key, inputs)["params"]
   if getattr(model, "forget_bias", 0) and model.cell in LSTM_CELLS:
     params = with_forget_bias(params, model.forget_bias)
+  if getattr(model, "chrono_init", False) and model.cell in LSTM_CELLS:
+    params = with_chrono_init(params, jax.random.fold_in(key, 1), inputs.shape[1])
   return params
 
 
@@ -228,6 +260,7 @@ def model_from_config(config) -> nn.Module:
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
       dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias,
+      chrono_init=config.chrono_init,
       lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if config.cell == "lstm"
       else config.lstm_kernel, cell_dt=config.cell_dt, cornn_gamma=config.cornn_gamma,
       cornn_epsilon=config.cornn_epsilon)
