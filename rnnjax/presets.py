@@ -80,11 +80,11 @@ def smnist() -> Config:
   """Sequential MNIST (784 pixels, one per step): the best recipe found for a 2-core CPU
   within 60 minutes. LSTM 128 on the CPU kernel, chrono initialisation of its gate biases,
   Adam 1e-3 peak, 1 warm-up epoch then cosine decay, clipping at global norm 1, batch 100,
-  18 epochs.
+  15 epochs.
 
   `python experiments/mnist_lstm.py --preset smnist`: not yet measured.
   """
-  return Config(name="smnist", task="pixels", hidden_size=128, batch_size=100, epochs=18,
+  return Config(name="smnist", task="pixels", hidden_size=128, batch_size=100, epochs=15,
                 learning_rate=1e-3, schedule="cosine", warmup_epochs=1.0, grad_clip_norm=1.0,
                 chrono_init=True)
 

@@ -199,6 +199,7 @@ def test_every_config_field_has_a_flag():
       "name": ["--preset", "tiny"], "dataset": ["--dataset", "kmnist"],
       "task": ["--task", "permuted"], "permutation_seed": ["--permutation-seed", "3"],
       "cell": ["--cell", "lstm_cell"], "forget_bias": ["--forget-bias", "0.5"],
+      "chrono_init": ["--chrono-init"],
       "cell_dt": ["--cell-dt", "0.3"], "cornn_gamma": ["--cornn-gamma", "1.5"],
       "cornn_epsilon": ["--cornn-epsilon", "3.5"], "state_size": ["--state-size", "32"],
       "validation_size": ["--validation-size", "1000"],

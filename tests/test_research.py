@@ -132,6 +132,37 @@ def test_forget_bias(cell):
   assert float(state.params["rnn_0"]["cell"]["hf"]["bias"][0]) == 1.0  # Flax inits zeros
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_cell"])
+def test_chrono_init(cell):
+  # Tallec and Ollivier 2018: b_f = log(u), u ~ U(1, T - 1), b_i = -b_f; the rest as Flax's.
+  config = config_lib.get_config("tiny").replace(
+      cell=cell, task="pixels", chrono_init=True, num_layers=2, hidden_size=64)
+  plain = steps.create_train_state(config.replace(chrono_init=False), jax.random.key(0))
+  state = steps.create_train_state(config, jax.random.key(0))
+  draws = []
+  for k in range(2):
+    new, old = state.params[f"rnn_{k}"]["cell"], plain.params[f"rnn_{k}"]["cell"]
+    u = np.exp(np.asarray(new["hf"]["bias"], np.float64))
+    assert u.min() >= 1 - 1e-5 and u.max() <= 783 * (1 + 1e-6), (u.min(), u.max())
+    np.testing.assert_array_equal(new["hi"]["bias"], -new["hf"]["bias"])
+    for g in ("hg", "ho", "ii", "if", "ig", "io"):
+      np.testing.assert_array_equal(jax.tree.leaves(new[g]), jax.tree.leaves(old[g]))
+    draws.append(u)
+  u = np.concatenate(draws)  # 128 draws of U(1, 783): mean 392, sd 226 (sd of the mean 20)
+  assert 392 - 80 < u.mean() < 392 + 80, u.mean()
+  assert not np.array_equal(draws[0], draws[1])  # each layer its own draw
+  np.testing.assert_array_equal(jax.tree.leaves(state.params["head"]),
+                                jax.tree.leaves(plain.params["head"]))
+
+
+def test_chrono_init_refusals():
+  tiny = config_lib.get_config("tiny")
+  with pytest.raises(ValueError, match="chrono_init applies to the LSTM cells only"):
+    tiny.replace(cell="gru", chrono_init=True)
+  with pytest.raises(ValueError, match="leave forget_bias at 0"):
+    tiny.replace(chrono_init=True, forget_bias=1.0)
+
+
 def test_forget_bias_only_for_lstm():
   with pytest.raises(ValueError, match="forget_bias applies to the LSTM cells only"):
     config_lib.get_config("tiny").replace(cell="gru", forget_bias=1.0)
