@@ -392,17 +392,20 @@ def evaluate_epoch(ctx: Context, state, epoch: int, totals: dict, t0: float,
   if "grad_norm_sum" in totals:  # the global gradient norm, before clipping
     record["grad_norm"] = totals["grad_norm_sum"] / max(totals["steps"], 1)
     record["grad_norm_max"] = totals["grad_norm_max"]
+  confusion = None
   for name, split in (("val", ctx.val_split), ("test", ctx.test_split)):
     if split is not None:
       r = evaluate(ctx.eval_step, state, split, c.eval_batch_size, ctx.mesh, ctx.task)
       record.update({f"{name}_loss": r["loss"], f"{name}_accuracy": r["accuracy"],
                      f"{name}_correct": r["correct"], f"{name}_count": r["count"]})
-  record["test_confusion"] = r["confusion"].tolist()
+      if name == "test":
+        confusion = r["confusion"]
+  record["test_confusion"] = confusion.tolist()
   record.update({
       "learning_rate": float(steps.make_schedule(c, ctx.steps_per_epoch)(record["step"])),
       "images_per_second": totals["count"] / train_seconds,
       "seconds": time.perf_counter() - t0})
-  return record, r["confusion"]
+  return record, confusion
 
 
 def _warn(message: str) -> None:

@@ -194,10 +194,13 @@ def test_parameter_counts_of_the_presets():
   """Hand-counted: LSTM 256 on rows 4*(28*256 + 256^2 + 256) + 2570 = 294,410; GRU:
   3*(28*256 + 256^2) + 4*256 (ir, iz, in, hn biases) + 2570; the bidirectional LSTM twice
   the LSTM layer and a 512-wide head; LSTM 128 on pixels 4*(128 + 128^2 + 128) + 1290;
-  IRNN 100: 100 + 100 + 100^2 + 1010."""
+  IRNN 100: 100 + 100 + 100^2 + 1010; LEM 128 on pixels: input 4H + 4H, hidden H*3H + 3H,
+  z H^2 + H, head 1290; coRNN 256: input H + H, z and y H^2 each, head 2570."""
   want = {"row_lstm": 294410, "row_gru": 3 * (28 * 256 + 256 ** 2) + 4 * 256 + 2570,
           "row_bilstm": 2 * 291840 + 5130, "seq_lstm": 67850, "permuted_lstm": 67850,
-          "irnn": 11210}
+          "irnn": 11210, "smnist": 67850, "psmnist": 67850,
+          "seq_lem": 8 * 128 + 3 * 128 ** 2 + 3 * 128 + 128 ** 2 + 128 + 1290,
+          "seq_cornn": 2 * 256 + 2 * 256 ** 2 + 2570}
   for name, count in want.items():
     config = config_lib.get_config(name)
     state = jax.eval_shape(lambda c=config: steps.create_train_state(c, jax.random.key(0)))
