@@ -53,7 +53,9 @@ from rnnjax.config import LSTM_KERNELS
 MODES = LSTM_KERNELS  # auto, cpu, xla
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-_TARGETS = {"fwd": "RnnjaxLstmFwd", "infer": "RnnjaxLstmInfer", "bwd": "RnnjaxLstmBwd"}
+_TARGETS = {"rnnjax_lstm_fwd": "RnnjaxLstmFwd", "rnnjax_lstm_infer": "RnnjaxLstmInfer",
+            "rnnjax_lstm_bwd": "RnnjaxLstmBwd", "rnnjax_lem_fwd": "RnnjaxLemFwd",
+            "rnnjax_lem_infer": "RnnjaxLemInfer", "rnnjax_lem_bwd": "RnnjaxLemBwd"}
 
 
 class KernelUnavailable(Exception):
@@ -145,8 +147,7 @@ def _load() -> ctypes.CDLL | str:
     threads = os.cpu_count() or 1
   lib.rnnjax_lstm_init(ctypes.c_int(threads))
   for name, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(f"rnnjax_lstm_{name}", jax.ffi.pycapsule(getattr(lib, symbol)),
-                                platform="cpu")
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib
 
 
@@ -165,9 +166,9 @@ def status() -> tuple[bool, str]:
 
 def describe(config) -> str:
   """How `config`'s recurrent layers run in this process, for the run's first line."""
-  if config.cell != "lstm":
+  if config.cell not in ("lstm", "lem"):
     return f"{config.cell} layers: nn.RNN scan"
-  what = "bidirectional LSTM" if config.bidirectional else "LSTM"
+  what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()
   if config.lstm_kernel == "xla":
     return f"{what}: nn.RNN scan (--lstm-kernel xla)"
   ok, why = status()

@@ -21,6 +21,7 @@ from rnnjax import lstm_kernel as kernel_lib
 # Cells whose carry is `(c, h)`; the others carry `h` alone.
 LSTM_CELLS = ("lstm", "lstm_cell")
 TWO_STATE_CELLS = LSTM_CELLS + ("lem", "cornn")  # carry (memory, output)
+KERNEL_CELLS = ("lstm", "lem")  # run by rnnjax's CPU kernel where it can (lstm_kernel.resolve)
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -69,14 +70,17 @@ def make_cell(name: str, hidden_size: int, **options) -> nn.RNNCellBase:
 def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
              cell_options: dict | None = None, **kwargs) -> nn.RNN:
   """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size, **cell_options), **kwargs)`,
-  or, for `lstm`
-  with `implementation="cpu"`, `lstm_kernel.KernelLSTM`: the same layer (fields,
-  parameters, call) run by rnnjax's CPU kernel. `implementation` is `cpu` or `xla`
-  (`lstm_kernel.resolve` turns `auto` into one of them)."""
+  or, for `lstm` and `lem` with `implementation="cpu"`, `lstm_kernel.KernelLSTM` and
+  `lem_kernel.KernelLEM`: the same layer (fields, parameters, call) run by rnnjax's CPU
+  kernel. `implementation` is `cpu` or `xla` (`lstm_kernel.resolve` turns `auto` into one
+  of them); other cells always run as the scan."""
   if implementation not in ("cpu", "xla"):
     raise ValueError(f"implementation must be 'cpu' or 'xla' (resolve 'auto' first), got "
                      f"{implementation!r}")
-  layer = kernel_lib.KernelLSTM if cell == "lstm" and implementation == "cpu" else nn.RNN
+  layer = nn.RNN
+  if implementation == "cpu" and cell in KERNEL_CELLS:
+    from rnnjax import lem_kernel
+    layer = {"lstm": kernel_lib.KernelLSTM, "lem": lem_kernel.KernelLEM}[cell]
   return layer(make_cell(cell, hidden_size, **(cell_options or {})), **kwargs)
 
 
@@ -153,7 +157,7 @@ class SequenceClassifier(nn.Module):
     step equals the usual logits for unidirectional models).
     """
     x = inputs
-    implementation = (kernel_lib.resolve(self.lstm_kernel, x.dtype) if self.cell == "lstm"
+    implementation = (kernel_lib.resolve(self.lstm_kernel, x.dtype) if self.cell in KERNEL_CELLS
                       else "xla")
     options = {"lem": {"dt": self.cell_dt},
                "cornn": {"dt": self.cell_dt, "gamma": self.cornn_gamma,
@@ -261,6 +265,6 @@ def model_from_config(config) -> nn.Module:
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
       dropout=config.dropout, readout=config.readout, forget_bias=config.forget_bias,
       chrono_init=config.chrono_init,
-      lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if config.cell == "lstm"
+      lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if config.cell in KERNEL_CELLS
       else config.lstm_kernel, cell_dt=config.cell_dt, cornn_gamma=config.cornn_gamma,
       cornn_epsilon=config.cornn_epsilon)

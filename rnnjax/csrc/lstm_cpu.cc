@@ -1,6 +1,7 @@
-// rnnjax's LSTM layer for XLA's CPU backend: forward, inference and backward as XLA FFI
-// handlers, matmuls by MKL's cblas_sgemm, tanh by MKL's vsTanh. Built and loaded by
-// rnnjax/lstm_kernel.py, which documents the equations and the layouts.
+// rnnjax's LSTM layer (and, below, its LEM layer) for XLA's CPU backend: forward, inference
+// and backward as XLA FFI handlers, matmuls by MKL's cblas_sgemm, tanh by MKL's vsTanh.
+// Built and loaded by rnnjax/lstm_kernel.py, which documents the equations and the layouts
+// (the LEM layer: rnnjax/lem_kernel.py).
 //
 // Time-major: x [T,B,F]; gates i, f, g, o (flax OptimizedLSTMCell's and PyTorch's order);
 // wi [F,4H], wh [H,4H], b [4H] are the four gates' kernels and biases side by side.
@@ -267,6 +268,238 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmInfer, Infer,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>()
+                                  .Ret<Buf>().Ret<Buf>());
+
+// ---------------------------------------------------------------------------------------
+// LEM, Long Expressive Memory (rnnjax/cells.py's LEMCell), the same way: threads split the
+// batch rows; per time step two matmuls (z' needs the first's gates, y' needs z').
+//
+// x [T,B,F]; wx [F,4H] (blocks dt_bar, dt_z, z, y), bx [4H]; wh [H,3H] (dt_bar, dt_z, z),
+// bh [3H]; wz [H,H], bz [H]; dt. Per step and row:
+//   p = [x_t | y | 1] W1,  W1 = [wx[:, :3H]; wh; bx[:3H] + bh]   (columns 0..2H halved, so
+//       that one tanh gives both sigmoids: sigma(v) = tanh(v/2)/2 + 1/2)
+//   s1 = sigmoid(p_1), s2 = sigmoid(p_2), c = tanh(p_3)       (dt_bar = dt s1, dt_z = dt s2)
+//   z' = (1 - dt s2) z + dt s2 c
+//   q = z' wz + u_t,  u_t = x_t wx[:, 3H:] + bx[3H:] + bz   (all t in one matmul, first)
+//   s = tanh(q),  y' = (1 - dt s1) y + dt s1 s
+// Kept for the backward pass (training): XY [T,B,F+H+1] = [x_t | y_{t-1} | 1],
+// P [T,B,3H] = (s1, s2, c), S [T,B,H] = s, and every z in ZS [T+1,B,H].
+
+static std::vector<float> lem_w1(int64_t F, int64_t H, const float* wx, const float* bx,
+                                 const float* wh, const float* bh) {
+  const int64_t G = 3 * H, K = F + H + 1;
+  std::vector<float> w(K * G);
+  for (int64_t r = 0; r < F; ++r) std::memcpy(&w[r * G], wx + r * 4 * H, G * sizeof(float));
+  std::memcpy(&w[F * G], wh, H * G * sizeof(float));
+  for (int64_t j = 0; j < G; ++j) w[(F + H) * G + j] = bx[j] + bh[j];
+  for (int64_t r = 0; r < K; ++r)
+    for (int64_t j = 0; j < 2 * H; ++j) w[r * G + j] *= 0.5f;
+  return w;
+}
+
+// U [T*B,H] = x wx[:, 3H:] + bx[3H:] + bz, rows split over the threads.
+static std::vector<float> lem_u(int64_t TB, int64_t F, int64_t H, const float* x,
+                                const float* wx, const float* bx, const float* bz) {
+  std::vector<float> u(TB * H);
+  parallel(TB, kMinRows, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r)
+      for (int64_t j = 0; j < H; ++j) u[r * H + j] = bx[3 * H + j] + bz[j];
+    sgemm(false, false, hi - lo, H, F, x + lo * F, F, wx + 3 * H, 4 * H, 1.f, &u[lo * H], H);
+  });
+  return u;
+}
+
+// One thread's rows [lo, hi): YS [T+1,B,H] (y_0 set) gets every y; z from ZS[0] (training:
+// every z kept in ZS) or, without ZS, from Z [B,H], which ends holding z_T.
+static void lem_recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo,
+                           int64_t hi, float dt, const float* x, const std::vector<float>& w1,
+                           const float* wz, const float* U, float* YS, float* ZS, float* Z,
+                           float* XY, float* P, float* S) {
+  const int64_t n = hi - lo, G = 3 * H, K = F + H + 1;
+  std::vector<float> xy_scratch(XY ? 0 : n * K), p_scratch(P ? 0 : n * G),
+      s_scratch(S ? 0 : n * H);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t row = t * B + lo, next = row + B;
+    const float* y = YS + row * H;
+    float* yn = YS + next * H;
+    const float* z = ZS ? ZS + row * H : Z + lo * H;
+    float* zn = ZS ? ZS + next * H : Z + lo * H;
+    float* xy = XY ? XY + row * K : xy_scratch.data();
+    float* p = P ? P + row * G : p_scratch.data();
+    float* s = S ? S + row * H : s_scratch.data();
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(xy + r * K, x + (row + r) * F, F * sizeof(float));
+      std::memcpy(xy + r * K + F, y + r * H, H * sizeof(float));
+      xy[r * K + F + H] = 1.f;
+    }
+    sgemm(false, false, n, G, K, xy, K, w1.data(), G, 0.f, p, G);
+    vsTanh(n * G, p, p);
+    for (int64_t r = 0; r < n; ++r) {
+      float* a = p + r * G;
+      for (int64_t j = 0; j < H; ++j) {
+        const float s1 = 0.5f * a[j] + 0.5f, s2 = 0.5f * a[H + j] + 0.5f;
+        a[j] = s1;
+        a[H + j] = s2;
+        const float dz = dt * s2;
+        zn[r * H + j] = (1.f - dz) * z[r * H + j] + dz * a[2 * H + j];
+      }
+    }
+    std::memcpy(s, U + row * H, n * H * sizeof(float));
+    sgemm(false, false, n, H, H, zn, H, wz, H, 1.f, s, H);
+    vsTanh(n * H, s, s);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < H; ++j) {
+        const float db = dt * p[r * G + j];
+        yn[r * H + j] = (1.f - db) * y[r * H + j] + db * s[r * H + j];
+      }
+  }
+}
+
+// Backward: from XY, ZS, P, S (the forward pass's), DY [T,B,H] (cotangent of YS[1:]) and
+// DZ0 holding that of z_T on entry -> DX [T,B,F], DW1 [F+H+1,3H] (the cotangent of W1 before
+// halving: rows of wx[:, :3H], wh, and the bias row, which both bx[:3H] and bh receive),
+// DWXY [F,H] (of wx[:, 3H:]), DBU [H] (of bx[3H:] and of bz), DWZ [H,H], DZ0 and DY0 [B,H].
+static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
+                         const float* x, const float* wx, const float* wh, const float* wz,
+                         const float* XY, const float* ZS, const float* P, const float* S,
+                         const float* DY, float* DX, float* DW1, float* DWXY, float* DBU,
+                         float* DWZ, float* DZ0, float* DY0) {
+  const int64_t G = 3 * H, K = F + H + 1, TB = T * B;
+  std::unique_ptr<float[]> dp(new float[TB * G]), dq(new float[TB * H]);
+  std::vector<float> wht(G * H), wzt(H * H);
+  mkl_somatcopy('R', 'T', H, G, 1.f, wh, G, wht.data(), H);  // wh^T [3H,H]
+  mkl_somatcopy('R', 'T', H, H, 1.f, wz, H, wzt.data(), H);  // wz^T
+  std::memset(DY0, 0, B * H * sizeof(float));                 // dy, carried backwards
+  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+    const int64_t n = hi - lo;
+    float* dz = DZ0 + lo * H;
+    float* dy = DY0 + lo * H;
+    std::vector<float> gz(n * H);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t row = t * B + lo;
+      const float* a = P + row * G;
+      const float* s = S + row * H;
+      const float* xy = XY + row * K;
+      const float* zp = ZS + row * H;  // z_{t-1}
+      const float* dyt = DY + row * H;
+      float* dpt = dp.get() + row * G;
+      float* dqt = dq.get() + row * H;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t k = r * H + j;
+          const float s1 = a[r * G + j], sv = s[k], yp = xy[r * K + F + j];
+          const float gy = dy[k] + dyt[k];
+          dqt[k] = gy * dt * s1 * (1.f - sv * sv);
+          dpt[r * G + j] = gy * (sv - yp) * dt * s1 * (1.f - s1);
+          dy[k] = gy * (1.f - dt * s1);
+        }
+      std::memcpy(gz.data(), dz, n * H * sizeof(float));
+      sgemm(false, false, n, H, H, dqt, H, wzt.data(), H, 1.f, gz.data(), H);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t k = r * H + j;
+          const float s2 = a[r * G + H + j], c = a[r * G + 2 * H + j], g = gz[k];
+          dpt[r * G + H + j] = g * (c - zp[k]) * dt * s2 * (1.f - s2);
+          dpt[r * G + 2 * H + j] = g * dt * s2 * (1.f - c * c);
+          dz[k] = g * (1.f - dt * s2);
+        }
+      sgemm(false, false, n, H, G, dpt, G, wht.data(), H, 1.f, dy, H);
+    }
+  });
+  // Weight gradients: one matmul each over all T*B rows, columns split over the threads.
+  parallel(G, 64, [&](int64_t lo, int64_t hi) {
+    sgemm(true, false, K, hi - lo, TB, XY, K, dp.get() + lo, G, 0.f, DW1 + lo, G);
+  });
+  parallel(H, 32, [&](int64_t lo, int64_t hi) {
+    sgemm(true, false, H, hi - lo, TB, ZS + B * H, H, dq.get() + lo, H, 0.f, DWZ + lo, H);
+    sgemm(true, false, F, hi - lo, TB, x, F, dq.get() + lo, H, 0.f, DWXY + lo, H);
+    for (int64_t j = lo; j < hi; ++j) {
+      double sum = 0;
+      for (int64_t r = 0; r < TB; ++r) sum += dq[r * H + j];
+      DBU[j] = (float)sum;
+    }
+  });
+  // dx = dp wx[:, :3H]^T + dq wx[:, 3H:]^T, rows split.
+  parallel(TB, kMinRows, [&](int64_t lo, int64_t hi) {
+    sgemm(false, true, hi - lo, F, G, dp.get() + lo * G, G, wx, 4 * H, 0.f, DX + lo * F, F);
+    sgemm(false, true, hi - lo, F, H, dq.get() + lo * H, H, wx + 3 * H, 4 * H, 1.f,
+          DX + lo * F, F);
+  });
+}
+
+// x, wx, bx, wh, bh, wz, bz, z0, y0; dt -> ys [T+1,B,H], zs [T+1,B,H], xy, p, s.
+static ffi::Error LemFwd(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
+                         Buf y0, float dt, Out ys, Out zs, Out xy, Out p, Out s) {
+  const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
+  const int64_t H = wz.dimensions()[0];
+  std::memcpy(ys->typed_data(), y0.typed_data(), B * H * sizeof(float));
+  std::memcpy(zs->typed_data(), z0.typed_data(), B * H * sizeof(float));
+  const auto w1 = lem_w1(F, H, wx.typed_data(), bx.typed_data(), wh.typed_data(),
+                         bh.typed_data());
+  const auto u = lem_u(T * B, F, H, x.typed_data(), wx.typed_data(), bx.typed_data(),
+                       bz.typed_data());
+  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+    lem_recurrence(T, B, F, H, lo, hi, dt, x.typed_data(), w1, wz.typed_data(), u.data(),
+                   ys->typed_data(), zs->typed_data(), nullptr, xy->typed_data(),
+                   p->typed_data(), s->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+// As LemFwd, keeping nothing for a backward pass -> ys [T+1,B,H], z_T [B,H].
+static ffi::Error LemInfer(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
+                           Buf y0, float dt, Out ys, Out zT) {
+  const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
+  const int64_t H = wz.dimensions()[0];
+  std::memcpy(ys->typed_data(), y0.typed_data(), B * H * sizeof(float));
+  std::memcpy(zT->typed_data(), z0.typed_data(), B * H * sizeof(float));
+  const auto w1 = lem_w1(F, H, wx.typed_data(), bx.typed_data(), wh.typed_data(),
+                         bh.typed_data());
+  const auto u = lem_u(T * B, F, H, x.typed_data(), wx.typed_data(), bx.typed_data(),
+                       bz.typed_data());
+  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+    lem_recurrence(T, B, F, H, lo, hi, dt, x.typed_data(), w1, wz.typed_data(), u.data(),
+                   ys->typed_data(), nullptr, zT->typed_data(), nullptr, nullptr, nullptr);
+  });
+  return ffi::Error::Success();
+}
+
+// x, wx, wh, wz, xy, zs, p, s (LemFwd's), dys [T,B,H], dzT [B,H]; dt -> dx [T,B,F],
+// dw1 [F+H+1,3H], dwxy [F,H], dbu [H], dwz [H,H], dz0 [B,H], dy0 [B,H].
+static ffi::Error LemBwd(Buf x, Buf wx, Buf wh, Buf wz, Buf xy, Buf zs, Buf p, Buf s,
+                         Buf dys, Buf dzT, float dt, Out dx, Out dw1, Out dwxy, Out dbu,
+                         Out dwz, Out dz0, Out dy0) {
+  const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
+  const int64_t H = wz.dimensions()[0];
+  std::memcpy(dz0->typed_data(), dzT.typed_data(), B * H * sizeof(float));
+  lem_backward(T, B, F, H, dt, x.typed_data(), wx.typed_data(), wh.typed_data(),
+               wz.typed_data(), xy.typed_data(), zs.typed_data(), p.typed_data(),
+               s.typed_data(), dys.typed_data(), dx->typed_data(), dw1->typed_data(),
+               dwxy->typed_data(), dbu->typed_data(), dwz->typed_data(), dz0->typed_data(),
+               dy0->typed_data());
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemFwd, LemFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Attr<float>("dt")
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemInfer, LemInfer,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Attr<float>("dt")
+                                  .Ret<Buf>().Ret<Buf>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Attr<float>("dt")
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
                                   .Ret<Buf>().Ret<Buf>());
 
 // Threads per call (the cores this process may use), and MKL without its own threads.
