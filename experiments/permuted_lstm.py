@@ -1,4 +1,4 @@
-"""Permuted sequential MNIST: as seq_lstm (but Adam 5e-4), the 784 pixels in a fixed random
+"""Permuted sequential MNIST: as seq_lstm, the 784 pixels in a fixed random
 order (drawn from --permutation-seed, 0 by default, and stored in the workdir as
 permutation.json, so resuming and `evaluate` read pixels in the same order).
 
