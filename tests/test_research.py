@@ -146,13 +146,15 @@ def test_chrono_init(cell):
     assert u.min() >= 1 - 1e-5 and u.max() <= 783 * (1 + 1e-6), (u.min(), u.max())
     np.testing.assert_array_equal(new["hi"]["bias"], -new["hf"]["bias"])
     for g in ("hg", "ho", "ii", "if", "ig", "io"):
-      np.testing.assert_array_equal(jax.tree.leaves(new[g]), jax.tree.leaves(old[g]))
+      for a, b in zip(jax.tree.leaves(new[g]), jax.tree.leaves(old[g]), strict=True):
+        np.testing.assert_array_equal(a, b)
     draws.append(u)
   u = np.concatenate(draws)  # 128 draws of U(1, 783): mean 392, sd 226 (sd of the mean 20)
   assert 392 - 80 < u.mean() < 392 + 80, u.mean()
   assert not np.array_equal(draws[0], draws[1])  # each layer its own draw
-  np.testing.assert_array_equal(jax.tree.leaves(state.params["head"]),
-                                jax.tree.leaves(plain.params["head"]))
+  for a, b in zip(jax.tree.leaves(state.params["head"]), jax.tree.leaves(plain.params["head"]),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_chrono_init_refusals():
