@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,36 +91,11 @@ def lem(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array],
   return jnp.swapaxes(ys[1:], 0, 1)
 
 
-class KernelLEM(nn.RNN):
-  """`nn.RNN(cells.LEMCell(H))`, run by the CPU kernel: the drop-in `lstm_kernel.KernelLSTM`
+class KernelLEM(kernel_lib.KernelRNN):
+  """`nn.RNN(cells.LEMCell(H))`, run by the CPU kernel: a drop-in as `lstm_kernel.KernelLSTM`
   is for the LSTM (same fields, parameters and call; `init` runs `nn.RNN`'s own scan)."""
 
-  def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
-               return_carry=None, time_major=None, reverse=None, keep_order=None):
-    if self.is_initializing():
-      return super().__call__(inputs, initial_carry=initial_carry, init_key=init_key,
-                              seq_lengths=seq_lengths, return_carry=return_carry,
-                              time_major=time_major, reverse=reverse, keep_order=keep_order)
-    pick = lambda given, field: field if given is None else given  # noqa: E731
-    return_carry, time_major = pick(return_carry, self.return_carry), pick(time_major,
-                                                                           self.time_major)
-    reverse, keep_order = pick(reverse, self.reverse), pick(keep_order, self.keep_order)
-    if seq_lengths is not None:
-      raise NotImplementedError("KernelLEM reads whole sequences; for seq_lengths use "
-                                "nn.RNN (lstm_kernel='xla')")
-    if not isinstance(self.cell, cells.LEMCell) or inputs.ndim != 3:
-      raise ValueError(f"KernelLEM runs cells.LEMCell on [batch, time, features] inputs; "
-                       f"got {type(self.cell).__name__} on shape {inputs.shape}")
-    if inputs.dtype != jnp.float32:
-      raise kernel_lib.KernelUnavailable(f"the CPU kernel computes in float32, the input is "
-                                         f"{inputs.dtype}; use lstm_kernel 'xla'")
-    x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
-    if reverse:
-      x = jnp.flip(x, 0)
-    if initial_carry is None:
-      initial_carry = self.cell.initialize_carry(None, x.shape[1:])
-    ys, z = _layer(float(self.cell.dt), x, *_weights(self.variables["params"]["cell"]),
-                   *initial_carry)
-    outputs = jnp.flip(ys[1:], 0) if reverse and keep_order else ys[1:]
-    outputs = outputs if time_major else jnp.swapaxes(outputs, 0, 1)
-    return ((z, ys[-1]), outputs) if return_carry else outputs
+  CELL = cells.LEMCell
+
+  def _run(self, x, carry, cell_params):
+    return _layer(float(self.cell.dt), x, *_weights(cell_params), *carry)

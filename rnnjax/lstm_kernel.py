@@ -261,15 +261,16 @@ def lstm(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array]):
   return jnp.swapaxes(hs[1:], 0, 1)
 
 
-class KernelLSTM(nn.RNN):
-  """`nn.RNN(nn.OptimizedLSTMCell(H))`, run by the CPU kernel.
+class KernelRNN(nn.RNN):
+  """An `nn.RNN` whose calls (not its `init`) run on the CPU kernel: the shared part of
+  `KernelLSTM` and `lem_kernel.KernelLEM`. A subclass names the cell it runs (`CELL`) and
+  `_run(x, carry, cell_params)`: time-major x and the cell's carry `(memory, output)` ->
+  (the outputs with the initial one in front `[T+1, B, H]`, the final memory)."""
 
-  A drop-in for the `nn.RNN` it subclasses: the same fields and parameters (`cell/ii/kernel`,
-  ...), the same call (`initial_carry`, `init_key`, `return_carry`, `time_major`, `reverse`,
-  `keep_order`), so `nn.Bidirectional` takes it as is. `init` runs `nn.RNN`'s own scan, so
-  parameters are created exactly as there. Inputs are `<f32>[batch, time, features]` (time
-  first with `time_major`); `seq_lengths` needs the scan (`lstm_kernel="xla"`).
-  """
+  CELL: type = nn.RNNCellBase
+
+  def _run(self, x, carry, cell_params):
+    raise NotImplementedError
 
   def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
                return_carry=None, time_major=None, reverse=None, keep_order=None):
@@ -281,12 +282,13 @@ class KernelLSTM(nn.RNN):
     return_carry, time_major = pick(return_carry, self.return_carry), pick(time_major,
                                                                            self.time_major)
     reverse, keep_order = pick(reverse, self.reverse), pick(keep_order, self.keep_order)
+    name, cell = type(self).__name__, self.CELL.__name__
     if seq_lengths is not None:
-      raise NotImplementedError("KernelLSTM reads whole sequences; for seq_lengths use "
+      raise NotImplementedError(f"{name} reads whole sequences; for seq_lengths use "
                                 "nn.RNN (lstm_kernel='xla')")
-    if not isinstance(self.cell, nn.OptimizedLSTMCell) or inputs.ndim != 3:
-      raise ValueError(f"KernelLSTM runs nn.OptimizedLSTMCell on [batch, time, features] "
-                       f"inputs; got {type(self.cell).__name__} on shape {inputs.shape}")
+    if not isinstance(self.cell, self.CELL) or inputs.ndim != 3:
+      raise ValueError(f"{name} runs {cell} on [batch, time, features] inputs; got "
+                       f"{type(self.cell).__name__} on shape {inputs.shape}")
     if inputs.dtype != jnp.float32:
       raise KernelUnavailable(f"the CPU kernel computes in float32, the input is "
                               f"{inputs.dtype}; use lstm_kernel 'xla'")
@@ -296,7 +298,23 @@ class KernelLSTM(nn.RNN):
     if initial_carry is None:
       key = jax.random.key(0) if init_key is None else init_key
       initial_carry = self.cell.initialize_carry(key, x.shape[1:])
-    hs, c = _layer(x, *_weights(self.variables["params"]["cell"]), *initial_carry)
+    hs, memory = self._run(x, initial_carry, self.variables["params"]["cell"])
     outputs = jnp.flip(hs[1:], 0) if reverse and keep_order else hs[1:]
     outputs = outputs if time_major else jnp.swapaxes(outputs, 0, 1)
-    return ((c, hs[-1]), outputs) if return_carry else outputs
+    return ((memory, hs[-1]), outputs) if return_carry else outputs
+
+
+class KernelLSTM(KernelRNN):
+  """`nn.RNN(nn.OptimizedLSTMCell(H))`, run by the CPU kernel.
+
+  A drop-in for the `nn.RNN` it subclasses: the same fields and parameters (`cell/ii/kernel`,
+  ...), the same call (`initial_carry`, `init_key`, `return_carry`, `time_major`, `reverse`,
+  `keep_order`), so `nn.Bidirectional` takes it as is. `init` runs `nn.RNN`'s own scan, so
+  parameters are created exactly as there. Inputs are `<f32>[batch, time, features]` (time
+  first with `time_major`); `seq_lengths` needs the scan (`lstm_kernel="xla"`).
+  """
+
+  CELL = nn.OptimizedLSTMCell
+
+  def _run(self, x, carry, cell_params):
+    return _layer(x, *_weights(cell_params), *carry)
