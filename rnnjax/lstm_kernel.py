@@ -58,6 +58,10 @@ _TARGETS = {"rnnjax_lstm_fwd": "RnnjaxLstmFwd", "rnnjax_lstm_infer": "RnnjaxLstm
             "rnnjax_lem_infer": "RnnjaxLemInfer", "rnnjax_lem_bwd": "RnnjaxLemBwd"}
 
 
+GEMM_ENGINES = ("mkl", "onednn")  # the kernel's matmul engines, in the C++ enum's order
+GEMM_NAMES = {"mkl": "MKL", "onednn": "oneDNN"}
+
+
 class KernelUnavailable(Exception):
   """`lstm_kernel="cpu"` was asked for where the kernel cannot run; the message says why."""
 
@@ -76,6 +80,19 @@ def _mkl() -> tuple[Path, Path] | str:
           "to an MKL installation)")
 
 
+def _onednn() -> Path | None:
+  """libdnnl.so.3 of an installed oneDNN built for OpenMP (the `onednn-cpu-gomp` package), or
+  None. (The SYCL build of the `onednn` package needs Intel's SYCL runtime; it is not used.)"""
+  roots = [Path(sysconfig.get_paths()["data"]), Path(sys.prefix)]
+  if os.environ.get("DNNLROOT"):
+    roots.insert(0, Path(os.environ["DNNLROOT"]))
+  for root in roots:
+    lib = root / "lib" / "libdnnl.so.3"
+    if lib.exists() and not (root / "lib" / "libsycl.so.9").exists():
+      return lib
+  return None
+
+
 def _cpu_signature() -> str:
   """What `-march=native` depends on: the CPU's model and instruction set flags."""
   try:
@@ -91,8 +108,9 @@ def cache_dir() -> Path:
               or Path.home() / ".cache" / "rnnjax")
 
 
-def _build() -> Path | str:
-  """The compiled library (building it when missing), or why it cannot be built."""
+def _build(onednn: bool = True) -> Path | str:
+  """The compiled library (building it when missing), or why it cannot be built. With
+  `onednn` (and oneDNN installed) it can run its matmuls on oneDNN as well as MKL."""
   if sys.platform != "linux" or platform.machine() != "x86_64":
     return f"the CPU kernel is built for x86-64 Linux only (this is {sys.platform} " \
            f"{platform.machine()})"
@@ -103,15 +121,19 @@ def _build() -> Path | str:
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if not cxx or not shutil.which(cxx):
     return "no C++ compiler found (install g++, or set $CXX)"
+  dnnl = _onednn() if onednn else None
   import jaxlib
   key = hashlib.sha256("\n".join([
-      SOURCE.read_text(), jaxlib.__version__, str(lib), cxx, " ".join(FLAGS),
+      SOURCE.read_text(), jaxlib.__version__, str(lib), str(dnnl), cxx, " ".join(FLAGS),
       _cpu_signature()]).encode()).hexdigest()[:16]
   out = cache_dir() / f"lstm_cpu-{key}.so"
   if out.exists():
     return out
   cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o",
          None, f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}", "-lpthread"]
+  if dnnl:
+    cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", f"-L{dnnl.parent}", f"-l:{dnnl.name}",
+            f"-Wl,-rpath,{dnnl.parent}"]
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
     # One build at a time (parallel test workers, several processes of one run).
@@ -132,20 +154,61 @@ def _build() -> Path | str:
   return out
 
 
+def _pick_gemm(lib: ctypes.CDLL, built: Path) -> str:
+  """Selects the library's matmul engine and returns its name: `$RNNJAX_KERNEL_GEMM` where
+  set, else the one timed fastest on this CPU when the library was first loaded (the choice
+  is kept beside the library, in `<library>.gemm`)."""
+  forced = os.environ.get("RNNJAX_KERNEL_GEMM")
+  have = [e for k, e in enumerate(GEMM_ENGINES) if lib.rnnjax_gemm_engines() >> k & 1]
+  if forced:
+    if forced not in have:
+      raise KernelUnavailable(f"RNNJAX_KERNEL_GEMM={forced!r}: this kernel build has "
+                              f"{', '.join(have)}" + ("" if "onednn" in have else
+                              " (oneDNN: pip install onednn-cpu-gomp)"))
+    lib.rnnjax_set_gemm(GEMM_ENGINES.index(forced))
+    return forced
+  kept = built.with_suffix(".gemm")
+  try:
+    engine = kept.read_text().strip()
+  except OSError:
+    engine = None
+  if engine not in have:
+    engine = GEMM_ENGINES[lib.rnnjax_pick_gemm()]
+    try:
+      fd, tmp = tempfile.mkstemp(dir=kept.parent)
+      with os.fdopen(fd, "w") as f:
+        f.write(engine + "\n")
+      os.replace(tmp, kept)
+    except OSError:
+      pass  # timed again next time
+  lib.rnnjax_set_gemm(GEMM_ENGINES.index(engine))
+  return engine
+
+
 @functools.cache
 def _load() -> ctypes.CDLL | str:
   built = _build()
-  if isinstance(built, str):
+  lib = None
+  if not isinstance(built, str):
+    try:
+      lib = ctypes.CDLL(str(built))
+    except OSError as e:
+      built = f"loading {built} failed: {e}"
+  if lib is None and _onednn():  # then without oneDNN: MKL alone
+    fallback = _build(onednn=False)
+    try:
+      lib = None if isinstance(fallback, str) else ctypes.CDLL(str(fallback))
+      built = fallback
+    except OSError:
+      pass
+  if lib is None:
     return built
-  try:
-    lib = ctypes.CDLL(str(built))
-  except OSError as e:
-    return f"loading {built} failed: {e}"
   try:
     threads = len(os.sched_getaffinity(0))
   except (AttributeError, OSError):
     threads = os.cpu_count() or 1
   lib.rnnjax_lstm_init(ctypes.c_int(threads))
+  lib.gemm = _pick_gemm(lib, built)
   for name, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib
@@ -161,7 +224,7 @@ def status() -> tuple[bool, str]:
   loaded = _load()
   if isinstance(loaded, str):
     return False, loaded
-  return True, f"MKL kernel {loaded._name}"
+  return True, f"kernel {loaded._name}, matmuls by {GEMM_NAMES[loaded.gemm]}"
 
 
 def describe(config) -> str:
@@ -173,7 +236,7 @@ def describe(config) -> str:
     return f"{what}: nn.RNN scan (--lstm-kernel xla)"
   ok, why = status()
   if ok:
-    return f"{what}: rnnjax CPU kernel (MKL)"
+    return f"{what}: rnnjax CPU kernel ({GEMM_NAMES[_load().gemm]})"
   if config.lstm_kernel == "cpu":
     raise KernelUnavailable(f"--lstm-kernel cpu cannot run here: {why}. Use auto (the "
                             "nn.RNN scan where the kernel cannot run) or xla.")

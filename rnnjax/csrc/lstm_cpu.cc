@@ -1,6 +1,8 @@
 // rnnjax's LSTM layer (and, below, its LEM layer) for XLA's CPU backend: forward, inference
-// and backward as XLA FFI handlers, matmuls by MKL's cblas_sgemm, tanh by the rational
-// approximation XLA's CPU backend uses (fast_tanh below).
+// and backward as XLA FFI handlers; matmuls by MKL's cblas_sgemm or oneDNN's dnnl_sgemm,
+// whichever runs this CPU's shapes faster (rnnjax_pick_gemm, timed once per build); tanh by
+// the rational approximation XLA's CPU backend uses (fast_tanh below). Built with
+// -DRNNJAX_ONEDNN where oneDNN is installed.
 // Built and loaded by rnnjax/lstm_kernel.py, which documents the equations and the layouts
 // (the LEM layer: rnnjax/lem_kernel.py).
 //
@@ -12,6 +14,7 @@
 // [x_t | h_{t-1} | 1] [wi; wh; b], and the training forward pass keeps those rows, so that
 // the backward pass gets all weight and bias gradients as one matmul over the T*B rows.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -19,6 +22,13 @@
 #include <thread>
 #include <vector>
 #include <mkl.h>
+#ifdef RNNJAX_ONEDNN
+#include <omp.h>
+// oneDNN's C API (dnnl.h), row-major; returns dnnl_status_t, 0 on success.
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k,
+                          float alpha, const float* a, int64_t lda, const float* b,
+                          int64_t ldb, float beta, float* c, int64_t ldc);
+#endif
 #include <xmmintrin.h>
 #include "xla/ffi/api/ffi.h"
 
@@ -27,6 +37,8 @@ using Buf = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 static int g_threads = 1;   // set by rnnjax_lstm_init
+enum Gemm { kMkl = 0, kOnednn = 1 };
+static int g_gemm = kMkl;   // set by rnnjax_set_gemm
 constexpr int64_t kMinRows = 16;  // fewer rows per thread than this: fewer threads
 
 struct FlushDenormals {  // as XLA's CPU runtime does
@@ -43,6 +55,9 @@ static void parallel(int64_t total, int64_t min_part,
   auto part = [&](int k) {
     FlushDenormals ftz;
     mkl_set_num_threads_local(1);
+#ifdef RNNJAX_ONEDNN
+    omp_set_num_threads(1);
+#endif
     fn(total * k / n, total * (k + 1) / n);
   };
   std::vector<std::thread> pool;
@@ -80,10 +95,23 @@ static void tanh_n(int64_t n, const float* in, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = fast_tanh(in[i]);
 }
 
+// c = op(a) op(b) + beta c, row-major, on one thread, by the engine g_gemm names.
 static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a,
                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#ifdef RNNJAX_ONEDNN
+  if (g_gemm == kOnednn) {
+    dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+#endif
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc);
+}
+
+// b [cols, rows] = a [rows, cols] transposed (row-major).
+static void transpose(int64_t rows, int64_t cols, const float* a, float* b) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) b[j * rows + r] = a[r * cols + j];
 }
 
 // The stacked weights W = [wi; wh; b] [F+H+1, 4H], so that one matmul [x_t | h | 1] W gives
@@ -213,8 +241,8 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
   // dz [T,B,4H]: the pre-activations' cotangents (every element written before it is read).
   std::unique_ptr<float[]> dz(new float[T * B * G]);
   std::vector<float> wht(G * H), wit(G * F), dw(K * G);
-  mkl_somatcopy('R', 'T', H, G, 1.f, wh, G, wht.data(), H);  // wh^T [4H,H]
-  mkl_somatcopy('R', 'T', F, G, 1.f, wi, G, wit.data(), F);  // wi^T [4H,F]
+  transpose(H, G, wh, wht.data());  // wh^T [4H,H]
+  transpose(F, G, wi, wit.data());  // wi^T [4H,F]
   std::memset(DH0, 0, B * H * sizeof(float));                 // dh, carried backwards
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
     const int64_t n = hi - lo;
@@ -398,8 +426,8 @@ static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
   const int64_t G = 3 * H, K = F + H + 1, TB = T * B;
   std::unique_ptr<float[]> dp(new float[TB * G]), dq(new float[TB * H]);
   std::vector<float> wht(G * H), wzt(H * H);
-  mkl_somatcopy('R', 'T', H, G, 1.f, wh, G, wht.data(), H);  // wh^T [3H,H]
-  mkl_somatcopy('R', 'T', H, H, 1.f, wz, H, wzt.data(), H);  // wz^T
+  transpose(H, G, wh, wht.data());  // wh^T [3H,H]
+  transpose(H, H, wz, wzt.data());  // wz^T
   std::memset(DY0, 0, B * H * sizeof(float));                 // dy, carried backwards
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
     const int64_t n = hi - lo;
@@ -537,4 +565,49 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
 extern "C" void rnnjax_lstm_init(int threads) {
   g_threads = std::max(1, threads);
   mkl_set_threading_layer(MKL_THREADING_SEQUENTIAL);
+}
+
+// The matmul engines this build has: bit k set for engine k (kMkl, kOnednn).
+extern "C" int rnnjax_gemm_engines() {
+#ifdef RNNJAX_ONEDNN
+  return (1 << kMkl) | (1 << kOnednn);
+#else
+  return 1 << kMkl;
+#endif
+}
+
+extern "C" int rnnjax_set_gemm(int engine) {
+  if (!(rnnjax_gemm_engines() & (1 << engine))) return -1;
+  g_gemm = engine;
+  return engine;
+}
+
+// Times each engine this build has on the kernels' typical matmuls (one time step of the
+// tutorial LSTM forward and backward, and of an LSTM 128 on 784 steps; half a batch per
+// thread, all threads at once, as the kernels run them), best of 5 rounds taken in turn, and
+// selects the fastest. Returns its number.
+extern "C" int rnnjax_pick_gemm() {
+  struct Shape { bool ta; int64_t m, n, k; };
+  const Shape shapes[] = {{false, 50, 1024, 285}, {false, 50, 256, 1024},
+                          {false, 50, 512, 129}, {true, 285, 512, 1400}};
+  const int engines = rnnjax_gemm_engines();
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 5; ++round)
+    for (int e = 0; e < 2; ++e) {
+      if (!(engines & (1 << e))) continue;
+      g_gemm = e;
+      const auto t0 = std::chrono::steady_clock::now();
+      parallel(g_threads, 1, [&](int64_t, int64_t) {
+        for (const Shape& sh : shapes) {
+          std::vector<float> a(sh.m * sh.k, 0.01f), b(sh.k * sh.n, 0.02f), c(sh.m * sh.n);
+          for (int rep = 0; rep < 20; ++rep)
+            sgemm(sh.ta, false, sh.m, sh.n, sh.k, a.data(), sh.ta ? sh.m : sh.k, b.data(),
+                  sh.n, 0.f, c.data(), sh.n);
+        }
+      });
+      best[e] = std::min(best[e], std::chrono::duration<double>(
+                                      std::chrono::steady_clock::now() - t0).count());
+    }
+  g_gemm = best[kOnednn] < best[kMkl] ? kOnednn : kMkl;
+  return g_gemm;
 }
