@@ -93,7 +93,7 @@ def bench_jax(name: str) -> Prepared:
   import jax.numpy as jnp
   import numpy as np
   from rnnjax import config as config_lib
-  from rnnjax import models, steps, train
+  from rnnjax import lstm_kernel, models, steps, train
 
   mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
   cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch,
@@ -135,6 +135,7 @@ def bench_jax(name: str) -> Prepared:
     stats = device.memory_stats() if device.platform != "cpu" else None
     return {
         "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
+        "layers": lstm_kernel.describe(cfg),  # the kernel and its matmul engine, or the scan
         "steps_per_call": per_call,
         "first_call_seconds": first_call,
         "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
@@ -303,7 +304,7 @@ def line(r: dict) -> str:
        f"T{r['steps']} | "
        f"rnnjax {ips['median']:9,.0f} img/s (min {ips['min']:,.0f}, max {ips['max']:,.0f}) | "
        f"first call {r['first_call_seconds']:.2f}s | peak {r['peak_memory_bytes'] / 2**20:,.0f} "
-       f"MiB | {r['flops_per_image'] / 1e6:.1f} MFLOP/img")
+       f"MiB | {r['flops_per_image'] / 1e6:.1f} MFLOP/img | {r['layers']}")
   if "fraction_of_matmul_peak" in r:
     s += (f" | {100 * r['fraction_of_matmul_peak']:.0f}% of {r['matmul_peak_gflops']:.0f} "
           "GFLOP/s")

@@ -12,7 +12,7 @@ Same parameters, same equations (`rnnjax.cells`), float32::
     y' = (1 - dt_bar) * y + dt_bar * tanh(z' @ z_kernel + z_bias + x_t @ input[:, 3H:]
                                           + input_bias[3H:])
 
-Per time step two MKL matmuls (the second needs z') and two fused loops; the input's share
+Per time step two matmuls (the second needs z') and two fused loops; the input's share
 of the y-update is one matmul over every step before the recurrence starts. The backward
 pass runs the recurrence in reverse for the cotangents of the pre-activations, then gets
 every weight gradient as one matmul over all time steps and batch rows. Outputs and

@@ -12,17 +12,23 @@ Outputs and gradients agree with the scan to float32 rounding (1e-7 to 2.4e-6 re
 tests/test_lstm_kernel.py). Why it exists (docs/performance.md, "How LSTM layers run"): XLA's
 CPU backend spends a third of the scan's step in some 20 small element-wise fusions per
 time step and runs the backward pass's transposed matmul at two thirds of its speed; this
-layer is one call forward and one call backward (XLA FFI): per time step one MKL matmul
+layer is one call forward and one call backward (XLA FFI): per time step one matmul
 `[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores each running the
 whole recurrence for half the batch (an LSTM's batch rows are independent until the weight
 gradients, which are then one large matmul).
 
 The C++ source (rnnjax/csrc/lstm_cpu.cc) is compiled on first use with the machine's C++
-compiler (`$CXX`, else `g++`) against MKL from PyPI (the `mkl` and `mkl-include` packages,
-installed with rnnjax on x86-64 Linux) and jaxlib's FFI headers, into
-`$RNNJAX_KERNEL_CACHE` (default `~/.cache/rnnjax`), once per source, CPU and jaxlib version.
-Where that is not possible (no compiler, no MKL, another platform, a GPU, several devices,
-float64) `lstm_kernel="auto"` uses the scan and `status()` says why.
+compiler (`$CXX`, else `g++`, `-march=native`) against MKL and oneDNN from PyPI (the
+`mkl`, `mkl-include` and `onednn-cpu-gomp` packages, installed with rnnjax on x86-64 Linux)
+and jaxlib's FFI headers, into `$RNNJAX_KERNEL_CACHE` (default `~/.cache/rnnjax`), once per
+source, CPU and jaxlib version. **Matmul engine**: MKL's `cblas_sgemm` or oneDNN's
+`dnnl_sgemm`, whichever runs the kernels' typical matmuls faster on this CPU, timed once
+when a build is first loaded (about a second) and kept beside it (`<build>.gemm`);
+`$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in a process. (On
+a 2-core AMD EPYC oneDNN ran them 1.2-1.35x faster than MKL: docs/performance.md.) Without
+oneDNN, or where it fails to load, the build uses MKL alone. Where no build is possible (no
+compiler, no MKL, another platform, a GPU, several devices, float64) `lstm_kernel="auto"`
+uses the scan and `status()` says why.
 
 The kernel defines reverse-mode derivatives only (a `jax.custom_vjp`): `jax.grad` and
 `jax.vjp` work, forward mode (`jax.jvp`, `jax.hessian`) needs `lstm_kernel="xla"`.
@@ -132,8 +138,7 @@ def _build(onednn: bool = True) -> Path | str:
   cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o",
          None, f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}", "-lpthread"]
   if dnnl:
-    cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", f"-L{dnnl.parent}", f"-l:{dnnl.name}",
-            f"-Wl,-rpath,{dnnl.parent}"]
+    cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", str(dnnl), f"-Wl,-rpath,{dnnl.parent}"]
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
     # One build at a time (parallel test workers, several processes of one run).
@@ -154,17 +159,23 @@ def _build(onednn: bool = True) -> Path | str:
   return out
 
 
+def _engines(lib: ctypes.CDLL) -> list[str]:
+  return [e for k, e in enumerate(GEMM_ENGINES) if lib.rnnjax_gemm_engines() >> k & 1]
+
+
 def _pick_gemm(lib: ctypes.CDLL, built: Path) -> str:
   """Selects the library's matmul engine and returns its name: `$RNNJAX_KERNEL_GEMM` where
   set, else the one timed fastest on this CPU when the library was first loaded (the choice
   is kept beside the library, in `<library>.gemm`)."""
   forced = os.environ.get("RNNJAX_KERNEL_GEMM")
-  have = [e for k, e in enumerate(GEMM_ENGINES) if lib.rnnjax_gemm_engines() >> k & 1]
+  have = _engines(lib)
   if forced:
     if forced not in have:
-      raise KernelUnavailable(f"RNNJAX_KERNEL_GEMM={forced!r}: this kernel build has "
-                              f"{', '.join(have)}" + ("" if "onednn" in have else
-                              " (oneDNN: pip install onednn-cpu-gomp)"))
+      raise KernelUnavailable(f"RNNJAX_KERNEL_GEMM={forced!r} names no matmul engine of "
+                              f"this kernel build, which has {', '.join(have)}" +
+                              ("" if "onednn" in have else
+                               " (for oneDNN: pip install onednn-cpu-gomp)") +
+                              "; unset it for the faster one")
     lib.rnnjax_set_gemm(GEMM_ENGINES.index(forced))
     return forced
   kept = built.with_suffix(".gemm")
@@ -208,7 +219,10 @@ def _load() -> ctypes.CDLL | str:
   except (AttributeError, OSError):
     threads = os.cpu_count() or 1
   lib.rnnjax_lstm_init(ctypes.c_int(threads))
-  lib.gemm = _pick_gemm(lib, built)
+  try:
+    lib.gemm = _pick_gemm(lib, built)
+  except KernelUnavailable as e:
+    return str(e)
   for name, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib
@@ -225,6 +239,37 @@ def status() -> tuple[bool, str]:
   if isinstance(loaded, str):
     return False, loaded
   return True, f"kernel {loaded._name}, matmuls by {GEMM_NAMES[loaded.gemm]}"
+
+
+def gemm_engine() -> str:
+  """The kernels' matmul engine in this process (`GEMM_ENGINES`): `$RNNJAX_KERNEL_GEMM`,
+  else the faster on this CPU, as timed when the library was first loaded. Needs
+  `status()[0]`."""
+  return _loaded().gemm
+
+
+def gemm_engines() -> list[str]:
+  """The matmul engines this process's kernel build can use (`GEMM_ENGINES` order)."""
+  return _engines(_loaded())
+
+
+def set_gemm_engine(engine: str) -> str:
+  """Runs the kernels' matmuls on `engine` (`GEMM_ENGINES`) from now on, in this process,
+  jitted functions included (the engine is read at each call); returns the previous one.
+  For comparing engines; the automatic choice is the faster one."""
+  lib = _loaded()
+  if engine not in GEMM_ENGINES or lib.rnnjax_set_gemm(GEMM_ENGINES.index(engine)) < 0:
+    raise ValueError(f"matmul engine {engine!r}: this kernel build has "
+                     f"{', '.join(_engines(lib))}")
+  previous, lib.gemm = lib.gemm, engine
+  return previous
+
+
+def _loaded() -> ctypes.CDLL:
+  ok, why = status()
+  if not ok:
+    raise KernelUnavailable(f"the CPU kernel cannot run here: {why}")
+  return _load()
 
 
 def describe(config) -> str:

@@ -67,6 +67,20 @@ def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, lay
   assert worst <= 1e-5
 
 
+@needs_kernel
+@pytest.mark.parametrize("engine", lstm_kernel.GEMM_ENGINES)
+def test_every_matmul_engine_equals_scan_and_float64_numpy(engine):
+  """As the LSTM kernel's: each matmul engine, switched in the process, on two cases."""
+  if engine not in lstm_kernel.gemm_engines():
+    pytest.skip(f"this kernel build has no {engine} ({lstm_kernel.gemm_engines()})")
+  previous = lstm_kernel.set_gemm_engine(engine)
+  try:
+    for case in (CASES[2], CASES[-1]):
+      test_kernel_equals_scan_and_float64_numpy(*case)
+  finally:
+    lstm_kernel.set_gemm_engine(previous)
+
+
 def reference_logits(params, x, layers, dt, readout):
   """The float64 NumPy LEM of tests/helpers/reference.py, layer by layer, then the head;
   every step's logits."""

@@ -2,8 +2,10 @@
 against the float64 NumPy reference: outputs, gradients, carries, fall-backs and errors."""
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -51,6 +53,28 @@ CASES = [(1, 28, 28, 8, 1, "last", False), (37, 5, 3, 12, 1, "mean", False),
 @pytest.mark.parametrize("batch,time,features,hidden,layers,readout,bidirectional", CASES)
 def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, layers, readout,
                                               bidirectional):
+  check_against_scan_and_numpy(batch, time, features, hidden, layers, readout, bidirectional)
+
+
+@needs_kernel
+@pytest.mark.parametrize("engine", lstm_kernel.GEMM_ENGINES)
+def test_every_matmul_engine_equals_scan_and_float64_numpy(engine):
+  """The automatic choice runs every test above on one engine; here each engine, switched
+  in the process, meets the same tolerances (an uneven split over threads, the tutorial's
+  shape, two bidirectional layers)."""
+  if engine not in lstm_kernel.gemm_engines():
+    pytest.skip(f"this kernel build has no {engine} ({lstm_kernel.gemm_engines()})")
+  previous = lstm_kernel.set_gemm_engine(engine)
+  try:
+    assert lstm_kernel.gemm_engine() == engine
+    for case in (CASES[1], CASES[2], CASES[5]):
+      check_against_scan_and_numpy(*case)
+  finally:
+    lstm_kernel.set_gemm_engine(previous)
+
+
+def check_against_scan_and_numpy(batch, time, features, hidden, layers, readout,
+                                 bidirectional):
   kernel, scan = two_models(hidden_size=hidden, num_layers=layers, readout=readout,
                             bidirectional=bidirectional)
   x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
@@ -191,6 +215,63 @@ def test_config_takes_the_kernel_choice():  # the CLI flag: test_cli.py
     config_lib.get_config("tiny").replace(lstm_kernel="gpu")
   assert models.model_from_config(
       config_lib.get_config("tiny").replace(lstm_kernel="xla")).lstm_kernel == "xla"
+
+
+@needs_kernel
+def test_matmul_engine_is_timed_once_kept_and_can_be_forced(tmp_path):
+  """A build's first load times the engines and keeps the choice beside it; later loads
+  read it; $RNNJAX_KERNEL_GEMM forces one, and a wrong name is refused with the fix."""
+  built = Path(lstm_kernel._load()._name)
+  shutil.copy(built, tmp_path / built.name)  # a cache holding this build, without a choice
+  kept = tmp_path / built.with_suffix(".gemm").name
+  code = ("from rnnjax import lstm_kernel as k\nok, why = k.status()\nprint('STATUS', ok, why)\n"
+          "print('ENGINE', k.gemm_engine() if ok else None)\n")
+
+  def run(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
+    env.update(RNNJAX_KERNEL_CACHE=str(tmp_path), **extra)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+  engines = lstm_kernel.gemm_engines()
+  out = run()
+  picked = kept.read_text().strip()
+  assert picked in engines and f"ENGINE {picked}" in out
+  assert f"matmuls by {lstm_kernel.GEMM_NAMES[picked]}" in out
+  assert list(tmp_path.glob("*.so")) == [tmp_path / built.name]  # not built again
+  other = engines[-1] if picked == engines[0] else engines[0]
+  kept.write_text(other + "\n")  # a kept choice is read, not timed again
+  assert f"ENGINE {other}" in run()
+  assert "ENGINE mkl" in run(RNNJAX_KERNEL_GEMM="mkl")
+  out = run(RNNJAX_KERNEL_GEMM="blas")
+  assert "STATUS False RNNJAX_KERNEL_GEMM='blas' names no matmul engine" in out
+  assert "unset it for the faster one" in out
+
+
+@needs_kernel
+def test_a_onednn_that_cannot_be_used_leaves_mkl_alone(tmp_path):
+  """oneDNN found but unusable (here: not a library at all): the build without it runs."""
+  fake = tmp_path / "lib" / "libdnnl.so.3"
+  fake.parent.mkdir()
+  fake.write_text("not a library")
+  code = ("from pathlib import Path\nfrom rnnjax import lstm_kernel as k\n"
+          f"k._onednn = lambda: Path({str(fake)!r})\n"
+          "ok, why = k.status()\nprint('STATUS', ok, why)\nprint('ENGINES', k.gemm_engines())\n")
+  env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
+  env["RNNJAX_KERNEL_CACHE"] = str(tmp_path / "cache")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "STATUS True" in r.stdout and "matmuls by MKL" in r.stdout
+  assert "ENGINES ['mkl']" in r.stdout
+
+
+@needs_kernel
+def test_set_gemm_engine_refuses_an_unknown_engine():
+  with pytest.raises(ValueError, match="matmul engine 'cublas': this kernel build has mkl"):
+    lstm_kernel.set_gemm_engine("cublas")
 
 
 def test_without_a_compiler_auto_uses_the_scan_and_says_why(tmp_path):

@@ -10,9 +10,10 @@
 // wi [F,4H], wh [H,4H], b [4H] are the four gates' kernels and biases side by side.
 // Threads split the batch rows, and each runs the whole recurrence for its rows: the rows
 // of an LSTM are independent until the weight gradients, so no thread waits for another
-// inside the time loop. Each thread calls MKL single-threaded. A time step is one matmul,
-// [x_t | h_{t-1} | 1] [wi; wh; b], and the training forward pass keeps those rows, so that
-// the backward pass gets all weight and bias gradients as one matmul over the T*B rows.
+// inside the time loop. Each thread calls the matmul engine single-threaded. A time step
+// is one matmul, [x_t | h_{t-1} | 1] [wi; wh; b], and the training forward pass keeps those
+// rows, so that the backward pass gets all weight and bias gradients as one matmul over
+// the T*B rows.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -95,6 +96,17 @@ static void tanh_n(int64_t n, const float* in, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = fast_tanh(in[i]);
 }
 
+// The n rows [x_r | h_r | 1] (F + H + 1 wide) of one time step's matmul input, into out.
+static void stack_rows(int64_t n, int64_t F, int64_t H, const float* x, const float* h,
+                       float* out) {
+  const int64_t K = F + H + 1;
+  for (int64_t r = 0; r < n; ++r) {
+    std::memcpy(out + r * K, x + r * F, F * sizeof(float));
+    std::memcpy(out + r * K + F, h + r * H, H * sizeof(float));
+    out[r * K + F + H] = 1.f;
+  }
+}
+
 // c = op(a) op(b) + beta c, row-major, on one thread, by the engine g_gemm names.
 static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a,
                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -167,11 +179,7 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
     float* z = A ? A + row * G : scratch.data();
     float* tc = TC ? TC + row * H : tc_scratch.data();
     float* xh = XH ? XH + row * K : xh_scratch.data();
-    for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(xh + r * K, x + (row + r) * F, F * sizeof(float));
-      std::memcpy(xh + r * K + F, h + r * H, H * sizeof(float));
-      xh[r * K + F + H] = 1.f;
-    }
+    stack_rows(n, F, H, x + row * F, h, xh);
     sgemm(false, false, n, G, K, xh, K, w.data(), G, 0.f, z, G);
     tanh_n(n * G, z, z);
     gates(n, H, z, c, cn);
@@ -386,11 +394,7 @@ static void lem_recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t l
     float* xy = XY ? XY + row * K : xy_scratch.data();
     float* p = P ? P + row * G : p_scratch.data();
     float* s = S ? S + row * H : s_scratch.data();
-    for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(xy + r * K, x + (row + r) * F, F * sizeof(float));
-      std::memcpy(xy + r * K + F, y + r * H, H * sizeof(float));
-      xy[r * K + F + H] = 1.f;
-    }
+    stack_rows(n, F, H, x + row * F, y, xy);
     sgemm(false, false, n, G, K, xy, K, w1.data(), G, 0.f, p, G);
     tanh_n(n * G, p, p);
     for (int64_t r = 0; r < n; ++r) {
