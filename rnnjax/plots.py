@@ -42,8 +42,8 @@ def curves(history: Sequence[dict[str, Any]]):
   title = "accuracy"
   if history and "val_accuracy" in history[-1]:
     best = best_epoch(history)
-    title += (f"\nbest validation: epoch {best['epoch']}, {100 * best['val_accuracy']:.2f}%;"
-              f" test there {100 * best['test_accuracy']:.2f}%")
+    title += (f"\nbest validation: epoch {best['epoch']}, {100 * best['val_accuracy']:.2f}%"
+              f"\ntest there: {100 * best['test_accuracy']:.2f}%")
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
