@@ -13,7 +13,7 @@ side from the same seed for the same steps, probed every `--probe-every` steps:
   units whose mean forget gate there is above 0.99 (units that keep a memory for hundreds of
   steps).
 
-Command (from the repository root; about 7 minutes per recipe and 1,100 steps on a 2-core
+Command (from the repository root; 6-7 minutes per recipe and 1,100 steps on a 2-core
 CPU)::
 
     python experiments/lstm_collapse.py [--steps 1100] [--workdir runs/lstm_collapse]
