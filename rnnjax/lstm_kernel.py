@@ -72,12 +72,15 @@ class KernelUnavailable(Exception):
   """`lstm_kernel="cpu"` was asked for where the kernel cannot run; the message says why."""
 
 
+def _install_roots(variable: str) -> list[Path]:
+  """Where pip installs a package's `lib/` and `include/`, after `$variable` if set."""
+  roots = [Path(sysconfig.get_paths()["data"]), Path(sys.prefix)]
+  return ([Path(os.environ[variable])] if os.environ.get(variable) else []) + roots
+
+
 def _mkl() -> tuple[Path, Path] | str:
   """(include dir, libmkl_rt path) of an installed MKL, or why there is none."""
-  roots = [Path(sysconfig.get_paths()["data"]), Path(sys.prefix)]
-  if os.environ.get("MKLROOT"):
-    roots.insert(0, Path(os.environ["MKLROOT"]))
-  for root in roots:
+  for root in _install_roots("MKLROOT"):
     header = root / "include" / "mkl_cblas.h"
     libs = sorted(glob.glob(str(root / "lib" / "libmkl_rt.so*")))
     if header.exists() and libs:
@@ -89,10 +92,7 @@ def _mkl() -> tuple[Path, Path] | str:
 def _onednn() -> Path | None:
   """libdnnl.so.3 of an installed oneDNN built for OpenMP (the `onednn-cpu-gomp` package), or
   None. (The SYCL build of the `onednn` package needs Intel's SYCL runtime; it is not used.)"""
-  roots = [Path(sysconfig.get_paths()["data"]), Path(sys.prefix)]
-  if os.environ.get("DNNLROOT"):
-    roots.insert(0, Path(os.environ["DNNLROOT"]))
-  for root in roots:
+  for root in _install_roots("DNNLROOT"):
     lib = root / "lib" / "libdnnl.so.3"
     if lib.exists() and not (root / "lib" / "libsycl.so.9").exists():
       return lib
