@@ -52,7 +52,8 @@ def _layer(dt, x, wx, bx, wh, bh, wz, bz, z0, y0):
                                                     dt=np.float32(dt))
 
 
-def _layer_fwd(dt, x, wx, bx, wh, bh, wz, bz, z0, y0):
+def _layer_fwd(dt, *primals):
+  (x, wx, bx, wh, bh, wz, bz, z0, y0), with_dx = kernel_lib.primal_values(*primals)
   t, batch, f = x.shape
   h = wz.shape[0]
   ys, zs, xy, p, s = jax.ffi.ffi_call(
@@ -60,25 +61,27 @@ def _layer_fwd(dt, x, wx, bx, wh, bh, wz, bz, z0, y0):
                          _shape(t, batch, f + h + 1), _shape(t, batch, 3 * h),
                          _shape(t, batch, h)),
       vmap_method="sequential")(x, wx, bx, wh, bh, wz, bz, z0, y0, dt=np.float32(dt))
-  return (ys, zs[-1]), (x, wx, wh, wz, xy, zs, p, s)
+  return (ys, zs[-1]), (x, wx, wh, wz, xy, zs, p, s, with_dx)
 
 
 def _layer_bwd(dt, res, cotangents):
-  x, wx, wh, wz, xy, zs, p, s = res
-  d_ys, d_z = cotangents
+  x, wx, wh, wz, xy, zs, p, s, with_dx = res
+  d_ys, d_z = map(kernel_lib.dense, cotangents)
   t, batch, f = x.shape
   h = wz.shape[0]
   dx, dw1, dwxy, dbu, dwz, dz0, dy0 = jax.ffi.ffi_call(
-      "rnnjax_lem_bwd", (_shape(t, batch, f), _shape(f + h + 1, 3 * h), _shape(f, h),
-                         _shape(h), _shape(h, h), _shape(batch, h), _shape(batch, h)),
+      "rnnjax_lem_bwd", (_shape(t if with_dx is not None else 0, batch, f),
+                         _shape(f + h + 1, 3 * h), _shape(f, h), _shape(h), _shape(h, h),
+                         _shape(batch, h), _shape(batch, h)),
       vmap_method="sequential")(x, wx, wh, wz, xy, zs, p, s, d_ys[1:], d_z,
                                 dt=np.float32(dt))
   d_wx = jnp.concatenate([dw1[:f], dwxy], axis=1)
   d_bx = jnp.concatenate([dw1[f + h], dbu])
-  return dx, d_wx, d_bx, dw1[f:f + h], dw1[f + h], dwz, dbu, dz0, dy0 + d_ys[0]
+  return (dx if with_dx is not None else None, d_wx, d_bx, dw1[f:f + h], dw1[f + h], dwz,
+          dbu, dz0, dy0 + d_ys[0])
 
 
-_layer.defvjp(_layer_fwd, _layer_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 def lem(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array],

@@ -15,15 +15,19 @@ time step and runs the backward pass's transposed matmul at two thirds of its sp
 layer is one call forward and one call backward (XLA FFI): per time step one matmul
 `[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores each running the
 whole recurrence for half the batch (an LSTM's batch rows are independent until the weight
-gradients, which are then one large matmul).
+gradients: each core adds up its rows' share step by step, and the shares are summed at the
+end). Where the layer's input is not differentiated (a model's first layer reading data),
+the backward pass skips its cotangent.
 
 The C++ source (rnnjax/csrc/lstm_cpu.cc) is compiled on first use with the machine's C++
 compiler (`$CXX`, else `g++`, `-march=native`) against MKL and oneDNN from PyPI (the
-`mkl`, `mkl-include` and `onednn-cpu-gomp` packages, installed with rnnjax on x86-64 Linux)
-and jaxlib's FFI headers, into `$RNNJAX_KERNEL_CACHE` (default `~/.cache/rnnjax`), once per
-source, CPU and jaxlib version. **Matmul engine**: MKL's `cblas_sgemm` or oneDNN's
-`dnnl_sgemm`, whichever runs the kernels' typical matmuls faster on this CPU, timed once
-when a build is first loaded (about a second) and kept beside it (`<build>.gemm`);
+`mkl`, `mkl-include`, `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` packages, installed
+with rnnjax on x86-64 Linux) and jaxlib's FFI headers, into `$RNNJAX_KERNEL_CACHE` (default
+`~/.cache/rnnjax`), once per source, CPU and jaxlib version. **Matmul engine**: MKL's
+`cblas_sgemm`, or oneDNN (its matmul primitive for the per-step matmuls, with the weights
+laid out once per call in the primitive's own format, and `dnnl_sgemm` for the rest),
+whichever runs the kernels' typical matmuls faster on this CPU, timed once when a build is
+first loaded (about a second) and kept beside it (`<build>.gemm`);
 `$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in a process. (On
 a 2-core AMD EPYC oneDNN ran them 1.2-1.35x faster than MKL: docs/performance.md.) Without
 oneDNN, or where it fails to load, the build uses MKL alone. Where no build is possible (no
@@ -89,13 +93,15 @@ def _mkl() -> tuple[Path, Path] | str:
           "to an MKL installation)")
 
 
-def _onednn() -> Path | None:
-  """libdnnl.so.3 of an installed oneDNN built for OpenMP (the `onednn-cpu-gomp` package), or
-  None. (The SYCL build of the `onednn` package needs Intel's SYCL runtime; it is not used.)"""
+def _onednn() -> tuple[Path, Path] | None:
+  """(include dir, libdnnl.so.3) of an installed oneDNN built for OpenMP (the
+  `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` packages), or None. (The SYCL build of the
+  `onednn` package needs Intel's SYCL runtime; it is not used.)"""
   for root in _install_roots("DNNLROOT"):
     lib = root / "lib" / "libdnnl.so.3"
-    if lib.exists() and not (root / "lib" / "libsycl.so.9").exists():
-      return lib
+    if (lib.exists() and (root / "include" / "dnnl.hpp").exists()
+        and not (root / "lib" / "libsycl.so.9").exists()):
+      return root / "include", lib
   return None
 
 
@@ -138,7 +144,8 @@ def _build(onednn: bool = True) -> Path | str:
   cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o",
          None, f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}", "-lpthread"]
   if dnnl:
-    cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", str(dnnl), f"-Wl,-rpath,{dnnl.parent}"]
+    cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", f"-I{dnnl[0]}", str(dnnl[1]),
+            f"-Wl,-rpath,{dnnl[1].parent}"]
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
     # One build at a time (parallel test workers, several processes of one run).
@@ -174,7 +181,7 @@ def _pick_gemm(lib: ctypes.CDLL, built: Path) -> str:
       raise KernelUnavailable(f"RNNJAX_KERNEL_GEMM={forced!r} names no matmul engine of "
                               f"this kernel build, which has {', '.join(have)}" +
                               ("" if "onednn" in have else
-                               " (for oneDNN: pip install onednn-cpu-gomp)") +
+                               " (for oneDNN: pip install onednn-devel-cpu-gomp)") +
                               "; unset it for the faster one")
     lib.rnnjax_set_gemm(GEMM_ENGINES.index(forced))
     return forced
@@ -326,7 +333,23 @@ def _layer(x, wi, wh, b, c0, h0):
                           vmap_method="sequential")(x, wi, wh, b, c0, h0)
 
 
-def _layer_fwd(x, wi, wh, b, c0, h0):
+def primal_values(*primals):
+  """The values of a `custom_vjp` forward rule's arguments under `symbolic_zeros=True`, and
+  a residual that tells the backward rule whether the first (a layer's input) is
+  differentiated: `()` if so, else None (a data input's cotangent, a matmul over every step,
+  is then skipped)."""
+  return [p.value for p in primals], () if primals[0].perturbed else None
+
+
+def dense(cotangent):
+  """A cotangent as an array (`symbolic_zeros=True` passes a zero one as `SymbolicZero`)."""
+  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(cotangent.shape, cotangent.dtype)
+  return cotangent
+
+
+def _layer_fwd(*primals):
+  (x, wi, wh, b, c0, h0), with_dx = primal_values(*primals)
   t, batch, f = x.shape
   h = wh.shape[0]
   hs, cs, xh, acts, tcs = jax.ffi.ffi_call(
@@ -334,22 +357,22 @@ def _layer_fwd(x, wi, wh, b, c0, h0):
                           _shape(t, batch, f + h + 1), _shape(t, batch, 4 * h),
                           _shape(t, batch, h)),
       vmap_method="sequential")(x, wi, wh, b, c0, h0)
-  return (hs, cs[-1]), (wi, wh, xh, cs, acts, tcs)
+  return (hs, cs[-1]), (wi, wh, xh, cs, acts, tcs, with_dx)
 
 
 def _layer_bwd(res, cotangents):
-  wi, wh, xh, cs, acts, tcs = res
-  d_hs, d_c = cotangents
+  wi, wh, xh, cs, acts, tcs, with_dx = res
+  d_hs, d_c = map(dense, cotangents)
   t, batch, _ = xh.shape
   f, h = wi.shape[0], wh.shape[0]
   dx, dwi, dwh, db, dc0, dh0 = jax.ffi.ffi_call(
-      "rnnjax_lstm_bwd", (_shape(t, batch, f), _shape(f, 4 * h), _shape(h, 4 * h),
-                          _shape(4 * h), _shape(batch, h), _shape(batch, h)),
+      "rnnjax_lstm_bwd", (_shape(t if with_dx is not None else 0, batch, f), _shape(f, 4 * h),
+                          _shape(h, 4 * h), _shape(4 * h), _shape(batch, h), _shape(batch, h)),
       vmap_method="sequential")(wi, wh, xh, cs, acts, tcs, d_hs[1:], d_c)
-  return dx, dwi, dwh, db, dc0, dh0 + d_hs[0]
+  return dx if with_dx is not None else None, dwi, dwh, db, dc0, dh0 + d_hs[0]
 
 
-_layer.defvjp(_layer_fwd, _layer_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 def _weights(cell_params):

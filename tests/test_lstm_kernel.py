@@ -92,16 +92,21 @@ def check_against_scan_and_numpy(batch, time, features, hidden, layers, readout,
   every = lambda m: jax.jit(lambda p, x: m.apply({"params": p}, x, all_steps=True))  # noqa
   assert rel_err(every(kernel)(params, x), every(scan)(params, x)) <= 1e-5
 
-  def loss(model):
+  def loss(model, argnums=(0, 1)):
     def f(p, x):  # every output step and every logit carries gradient
       return jnp.sum(jnp.sin(model.apply({"params": p}, x, all_steps=True)))
-    return jax.jit(jax.grad(f, argnums=(0, 1)))
+    return jax.jit(jax.grad(f, argnums=argnums))
 
   g_kernel, g_scan = loss(kernel)(params, x), loss(scan)(params, x)
   assert jax.tree.structure(g_kernel) == jax.tree.structure(g_scan)
   worst = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_kernel), jax.tree.leaves(g_scan)))
   print(f"measured: gradients kernel vs scan, worst leaf {worst:.1e}")
   assert worst <= 1e-5
+  # The parameters alone, as a training step asks: the kernel then skips the first layer's
+  # input cotangent; the parameters' must not change.
+  g_params = loss(kernel, argnums=0)(params, x)
+  assert max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_params),
+                                           jax.tree.leaves(g_scan[0]))) <= 1e-5
 
 
 @needs_kernel
@@ -257,7 +262,8 @@ def test_a_onednn_that_cannot_be_used_leaves_mkl_alone(tmp_path):
   fake.parent.mkdir()
   fake.write_text("not a library")
   code = ("from pathlib import Path\nfrom rnnjax import lstm_kernel as k\n"
-          f"k._onednn = lambda: Path({str(fake)!r})\n"
+          "include = (k._onednn() or [Path('/nonexistent')])[0]\n"
+          f"k._onednn = lambda: (include, Path({str(fake)!r}))\n"
           "ok, why = k.status()\nprint('STATUS', ok, why)\nprint('ENGINES', k.gemm_engines())\n")
   env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
   env["RNNJAX_KERNEL_CACHE"] = str(tmp_path / "cache")
