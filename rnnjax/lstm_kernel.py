@@ -352,23 +352,22 @@ def _layer_fwd(*primals):
   (x, wi, wh, b, c0, h0), with_dx = primal_values(*primals)
   t, batch, f = x.shape
   h = wh.shape[0]
-  hs, cs, xh, acts, tcs = jax.ffi.ffi_call(
+  hs, cs, xh, acts = jax.ffi.ffi_call(
       "rnnjax_lstm_fwd", (_shape(t + 1, batch, h), _shape(t + 1, batch, h),
-                          _shape(t, batch, f + h + 1), _shape(t, batch, 4 * h),
-                          _shape(t, batch, h)),
+                          _shape(t, batch, f + h + 1), _shape(t, batch, 4 * h)),
       vmap_method="sequential")(x, wi, wh, b, c0, h0)
-  return (hs, cs[-1]), (wi, wh, xh, cs, acts, tcs, with_dx)
+  return (hs, cs[-1]), (wi, wh, xh, cs, acts, with_dx)
 
 
 def _layer_bwd(res, cotangents):
-  wi, wh, xh, cs, acts, tcs, with_dx = res
+  wi, wh, xh, cs, acts, with_dx = res
   d_hs, d_c = map(dense, cotangents)
   t, batch, _ = xh.shape
   f, h = wi.shape[0], wh.shape[0]
   dx, dwi, dwh, db, dc0, dh0 = jax.ffi.ffi_call(
       "rnnjax_lstm_bwd", (_shape(t if with_dx is not None else 0, batch, f), _shape(f, 4 * h),
                           _shape(h, 4 * h), _shape(4 * h), _shape(batch, h), _shape(batch, h)),
-      vmap_method="sequential")(wi, wh, xh, cs, acts, tcs, d_hs[1:], d_c)
+      vmap_method="sequential")(wi, wh, xh, cs, acts, d_hs[1:], d_c)
   return dx if with_dx is not None else None, dwi, dwh, db, dc0, dh0 + d_hs[0]
 
 

@@ -259,13 +259,14 @@ static void gates(int64_t n, int64_t H, float* __restrict__ z, const float* c, f
 // One thread's rows [lo, hi) of the recurrence, from h = hs[0] and c = c0 (each [n,H] with
 // the batch stride B): for each t, z = [x_t | h | 1] W, the gates, c_t and h_t. Writes
 // h_t to HS (at t+1); c_t to CS (at t+1) or, without CS, over c0 in C; where given
-// (training), [x_t | h_{t-1} | 1] to XH, the gate activations to A and tanh(c_t) to TC, at t.
+// (training), [x_t | h_{t-1} | 1] to XH and the gate activations to A, at t. (tanh(c_t) is
+// not kept: the backward pass recomputes it from c_t, which costs less than the memory
+// traffic of keeping it.)
 static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, int64_t hi,
                        const float* x, const std::vector<float>& w, float* HS, float* CS,
-                       float* C, float* XH, float* A, float* TC) {
+                       float* C, float* XH, float* A) {
   const int64_t n = hi - lo, G = 4 * H, K = F + H + 1;
-  std::vector<float> xh_scratch(XH ? 0 : n * K), scratch(A ? 0 : n * G),
-      tc_scratch(TC ? 0 : n * H);
+  std::vector<float> xh_scratch(XH ? 0 : n * K), scratch(A ? 0 : n * G), tc(n * H);
   StepMatmul step(n, G, K, w.data(), false);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t row = t * B + lo, next = row + B;
@@ -274,13 +275,12 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
     float* cn = CS ? CS + next * H : C + lo * H;
     float* hn = HS + next * H;
     float* z = A ? A + row * G : scratch.data();
-    float* tc = TC ? TC + row * H : tc_scratch.data();
     float* xh = XH ? XH + row * K : xh_scratch.data();
     stack_rows(n, F, H, x + row * F, h, xh);
     step(xh, z);
     tanh_n(n * G, z, z);
     gates(n, H, z, c, cn);
-    tanh_n(n * H, cn, tc);
+    tanh_n(n * H, cn, tc.data());
     for (int64_t r = 0; r < n; ++r) {
       const float* o = z + r * G + 3 * H;
       for (int64_t j = 0; j < H; ++j) hn[r * H + j] = o[j] * tc[r * H + j];
@@ -290,13 +290,13 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
 
 // x [T,B,F], wi [F,4H], wh [H,4H], b [4H]; hs[0] = h0 and cs[0] = c0 set by the caller ->
 // hs [T+1,B,H], cs [T+1,B,H], and for the backward pass xh [T,B,F+H+1] ([x_t | h_{t-1} | 1]),
-// acts [T,B,4H] (gate activations), tcs [T,B,H] (tanh(c_t)).
+// acts [T,B,4H] (gate activations).
 static void lstm_forward(int64_t T, int64_t B, int64_t F, int64_t H, const float* x,
                          const float* wi, const float* wh, const float* bias, float* HS,
-                         float* CS, float* XH, float* A, float* TC) {
+                         float* CS, float* XH, float* A) {
   const std::vector<float> w = stacked_weights(F, H, wi, wh, bias);
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
-    recurrence(T, B, F, H, lo, hi, x, w, HS, CS, nullptr, XH, A, TC);
+    recurrence(T, B, F, H, lo, hi, x, w, HS, CS, nullptr, XH, A);
   });
 }
 
@@ -307,7 +307,7 @@ static void lstm_infer(int64_t T, int64_t B, int64_t F, int64_t H, const float* 
                        float* C) {
   const std::vector<float> w = stacked_weights(F, H, wi, wh, bias);
   parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
-    recurrence(T, B, F, H, lo, hi, x, w, HS, nullptr, C, nullptr, nullptr, nullptr);
+    recurrence(T, B, F, H, lo, hi, x, w, HS, nullptr, C, nullptr, nullptr);
   });
 }
 
@@ -335,14 +335,14 @@ static void gate_gradients(int64_t n, int64_t H, const float* __restrict__ a,
   }
 }
 
-// wi, wh, XH, CS, A, TC (as lstm_forward gives them), DH [T,B,H] (cotangent of hs[1:]);
+// wi, wh, XH, CS, A (as lstm_forward gives them), DH [T,B,H] (cotangent of hs[1:]);
 // DC0 holds the cotangent of c_T on entry -> dx [T,B,F] (unless DX is null: an input
 // that is not differentiated), dwi [F,4H], dwh [H,4H], db [4H], DC0 [B,H], DH0 [B,H]
 // (cotangents of c0 and of h0 through the recurrence).
 static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const float* wi,
                           const float* wh, const float* XH, const float* CS, const float* A,
-                          const float* TC, const float* DH, float* DX, float* DWI, float* DWH,
-                          float* DB, float* DC0, float* DH0) {
+                          const float* DH, float* DX, float* DWI, float* DWH, float* DB,
+                          float* DC0, float* DH0) {
   const int64_t G = 4 * H, K = F + H + 1, N = DX ? H + F : H;
   // [wh^T | wi^T] [4H, H+F] (wh^T alone without DX): one matmul per step gives the
   // cotangents of h_{t-1} and of x_t.
@@ -363,13 +363,14 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
     while (B * part / parts < lo) ++part;
     std::vector<float>& share = dw[part];
     share.assign(K * G, 0.f);
-    std::vector<float> d(n * G), out(DX ? n * N : 0);
+    std::vector<float> d(n * G), out(DX ? n * N : 0), tc(n * H);
     float* dc = DC0 + lo * H;
     float* dh = DH0 + lo * H;
     StepMatmul back(n, N, G, wt.data(), false);
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t row = t * B + lo;
-      gate_gradients(n, H, A + row * G, CS + row * H, TC + row * H, DH + row * H, dh, dc,
+      tanh_n(n * H, CS + (row + B) * H, tc.data());  // tanh(c_t), as the forward pass had it
+      gate_gradients(n, H, A + row * G, CS + row * H, tc.data(), DH + row * H, dh, dc,
                      d.data());
       if (DX) {
         back(d.data(), out.data());
@@ -392,14 +393,14 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
 
 // The XLA FFI handlers: shapes from the buffers, then the functions above.
 static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cs,
-                      Out xh, Out acts, Out tcs) {
+                      Out xh, Out acts) {
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0];
   std::memcpy(hs->typed_data(), h0.typed_data(), B * H * sizeof(float));
   std::memcpy(cs->typed_data(), c0.typed_data(), B * H * sizeof(float));
   lstm_forward(T, B, F, H, x.typed_data(), wi.typed_data(), wh.typed_data(),
                bias.typed_data(), hs->typed_data(), cs->typed_data(), xh->typed_data(),
-               acts->typed_data(), tcs->typed_data());
+               acts->typed_data());
   return ffi::Error::Success();
 }
 
@@ -414,15 +415,16 @@ static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs,
   return ffi::Error::Success();
 }
 
-// wi, wh, xh, cs, acts, tcs (as Fwd gives them), dhs [T,B,H] (cotangent of hs[1:]),
-// dcT [B,H] (of cs[T]) -> dx [T,B,F] (or [0,B,F]: not wanted), dwi [F,4H], dwh [H,4H], db [4H], dc0 [B,H], dh0 [B,H].
-static ffi::Error Bwd(Buf wi, Buf wh, Buf xh, Buf cs, Buf acts, Buf tcs, Buf dhs, Buf dcT,
-                      Out dx, Out dwi, Out dwh, Out db, Out dc0, Out dh0) {
+// wi, wh, xh, cs, acts (as Fwd gives them), dhs [T,B,H] (cotangent of hs[1:]), dcT [B,H]
+// (of cs[T]) -> dx [T,B,F] (or [0,B,F]: not wanted), dwi [F,4H], dwh [H,4H], db [4H],
+// dc0 [B,H], dh0 [B,H].
+static ffi::Error Bwd(Buf wi, Buf wh, Buf xh, Buf cs, Buf acts, Buf dhs, Buf dcT, Out dx,
+                      Out dwi, Out dwh, Out db, Out dc0, Out dh0) {
   const int64_t T = dhs.dimensions()[0], B = dhs.dimensions()[1], F = wi.dimensions()[0];
   const int64_t H = wh.dimensions()[0];
   std::memcpy(dc0->typed_data(), dcT.typed_data(), B * H * sizeof(float));
   lstm_backward(T, B, F, H, wi.typed_data(), wh.typed_data(), xh.typed_data(),
-                cs.typed_data(), acts.typed_data(), tcs.typed_data(), dhs.typed_data(),
+                cs.typed_data(), acts.typed_data(), dhs.typed_data(),
                 dx->dimensions()[0] ? dx->typed_data() : nullptr, dwi->typed_data(),
                 dwh->typed_data(), db->typed_data(), dc0->typed_data(), dh0->typed_data());
   return ffi::Error::Success();
@@ -432,12 +434,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmFwd, Fwd,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>()
-                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBwd, Bwd,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
-                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Arg<Buf>().Arg<Buf>()
                                   .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
                                   .Ret<Buf>());
 
