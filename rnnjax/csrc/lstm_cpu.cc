@@ -49,23 +49,34 @@ struct FlushDenormals {  // as XLA's CPU runtime does
   ~FlushDenormals() { _mm_setcsr(saved); }
 };
 
-// fn(lo, hi) for each of up to g_threads parts of [0, total) (at least `min_part` long),
-// each on its own thread; the calling thread takes the first.
-static void parallel(int64_t total, int64_t min_part,
-                     const std::function<void(int64_t, int64_t)>& fn) {
-  const int n = (int)std::max<int64_t>(1, std::min<int64_t>(g_threads, total / min_part));
+// How many parts `parallel` splits [0, total) into.
+static int parts_of(int64_t total, int64_t min_part) {
+  return (int)std::max<int64_t>(1, std::min<int64_t>(g_threads, total / min_part));
+}
+
+// fn(k, lo, hi) for each part k of the parts_of(total, min_part) parts [lo, hi) of
+// [0, total), each on its own thread; the calling thread takes the first.
+static void parallel_parts(int64_t total, int64_t min_part,
+                           const std::function<void(int, int64_t, int64_t)>& fn) {
+  const int n = parts_of(total, min_part);
   auto part = [&](int k) {
     FlushDenormals ftz;
     mkl_set_num_threads_local(1);
 #ifdef RNNJAX_ONEDNN
     omp_set_num_threads(1);
 #endif
-    fn(total * k / n, total * (k + 1) / n);
+    fn(k, total * k / n, total * (k + 1) / n);
   };
   std::vector<std::thread> pool;
   for (int k = 1; k < n; ++k) pool.emplace_back(part, k);
   part(0);
   for (auto& t : pool) t.join();
+}
+
+// fn(lo, hi) for each part, as parallel_parts.
+static void parallel(int64_t total, int64_t min_part,
+                     const std::function<void(int64_t, int64_t)>& fn) {
+  parallel_parts(total, min_part, [&](int, int64_t lo, int64_t hi) { fn(lo, hi); });
 }
 
 // tanh(x) for float32 as XLA's CPU backend computes it (Eigen's and XLA's rational
@@ -139,27 +150,26 @@ class StepMatmul {
     if (!made_) return;
     using dnnl::memory;
     const dnnl::engine& cpu = engine();
-    dnnl::stream stream(cpu);
+    stream_ = dnnl::stream(cpu);
     memory plain({{k, n}, memory::data_type::f32, memory::format_tag::ab}, cpu,
                  const_cast<float*>(w));
     packed_ = memory(made_->pd.weights_desc(), cpu);
-    made_->pack.execute(stream, plain, packed_);
+    made_->pack.execute(stream_, plain, packed_);
     a_ = memory(made_->pd.src_desc(), cpu, DNNL_MEMORY_NONE);
     c_ = memory(made_->pd.dst_desc(), cpu, DNNL_MEMORY_NONE);
     scratch_ = memory(made_->pd.scratchpad_desc(), cpu);
-    stream.wait();
+    stream_.wait();
 #endif
   }
 
   void operator()(const float* a, float* c) {
 #ifdef RNNJAX_ONEDNN
     if (made_) {
-      dnnl::stream stream(engine());
       a_.set_data_handle(const_cast<float*>(a));
       c_.set_data_handle(c);
-      made_->matmul.execute(stream, {{DNNL_ARG_SRC, a_}, {DNNL_ARG_WEIGHTS, packed_},
-                                     {DNNL_ARG_DST, c_}, {DNNL_ARG_SCRATCHPAD, scratch_}});
-      stream.wait();
+      made_->matmul.execute(stream_, {{DNNL_ARG_SRC, a_}, {DNNL_ARG_WEIGHTS, packed_},
+                                      {DNNL_ARG_DST, c_}, {DNNL_ARG_SCRATCHPAD, scratch_}});
+      stream_.wait();
       return;
     }
 #endif
@@ -212,6 +222,7 @@ class StepMatmul {
     return slot.get();
   }
   const Made* made_ = nullptr;
+  dnnl::stream stream_;
   dnnl::memory packed_, a_, c_, scratch_;
 #endif
 };
@@ -355,12 +366,10 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
   std::memset(DH0, 0, B * H * sizeof(float));                 // dh, carried backwards
   // Each thread adds its rows' share of [dwi; dwh; db] = sum_t [x_t | h_{t-1} | 1]^T dz_t
   // step by step, while dz_t is in cache; the shares are summed at the end.
-  const int parts = (int)std::max<int64_t>(1, std::min<int64_t>(g_threads, B / kMinRows));
+  const int parts = parts_of(B, kMinRows);
   std::vector<std::vector<float>> dw(parts);
-  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+  parallel_parts(B, kMinRows, [&](int part, int64_t lo, int64_t hi) {
     const int64_t n = hi - lo;
-    int part = 0;  // parallel's part number for these rows
-    while (B * part / parts < lo) ++part;
     std::vector<float>& share = dw[part];
     share.assign(K * G, 0.f);
     std::vector<float> d(n * G), out(DX ? n * N : 0), tc(n * H);
@@ -538,7 +547,7 @@ static void lem_recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t l
 // DWZ [H,H], DZ0 and DY0 [B,H]. As the LSTM's: each thread adds its rows' share of the
 // weight gradients step by step, while the step's cotangents are in cache.
 static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
-                         const float* x, const float* wx, const float* wh, const float* wz,
+                         const float* wx, const float* wh, const float* wz,
                          const float* XY, const float* ZS, const float* P, const float* S,
                          const float* DY, float* DX, float* DW1, float* DWXY, float* DBU,
                          float* DWZ, float* DZ0, float* DY0) {
@@ -548,12 +557,10 @@ static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
   transpose(H, H, wz, wzt.data());  // wz^T
   std::memset(DY0, 0, B * H * sizeof(float));                 // dy, carried backwards
   struct Share { std::vector<float> w1, wz, wxy; std::vector<double> bu; };
-  const int parts = (int)std::max<int64_t>(1, std::min<int64_t>(g_threads, B / kMinRows));
+  const int parts = parts_of(B, kMinRows);
   std::vector<Share> shares(parts);
-  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+  parallel_parts(B, kMinRows, [&](int part, int64_t lo, int64_t hi) {
     const int64_t n = hi - lo;
-    int part = 0;  // parallel's part number for these rows
-    while (B * part / parts < lo) ++part;
     Share& sh = shares[part];
     sh.w1.assign(K * G, 0.f);
     sh.wz.assign(H * H, 0.f);
@@ -660,7 +667,7 @@ static ffi::Error LemBwd(Buf x, Buf wx, Buf wh, Buf wz, Buf xy, Buf zs, Buf p, B
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
   std::memcpy(dz0->typed_data(), dzT.typed_data(), B * H * sizeof(float));
-  lem_backward(T, B, F, H, dt, x.typed_data(), wx.typed_data(), wh.typed_data(),
+  lem_backward(T, B, F, H, dt, wx.typed_data(), wh.typed_data(),
                wz.typed_data(), xy.typed_data(), zs.typed_data(), p.typed_data(),
                s.typed_data(), dys.typed_data(),
                dx->dimensions()[0] ? dx->typed_data() : nullptr, dw1->typed_data(),
