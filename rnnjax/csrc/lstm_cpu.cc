@@ -10,12 +10,14 @@
 // wi [F,4H], wh [H,4H], b [4H] are the four gates' kernels and biases side by side.
 // Threads split the batch rows, and each runs the whole recurrence for its rows: the rows
 // of an LSTM are independent until the weight gradients, so no thread waits for another
-// inside the time loop. Each thread calls the matmul engine single-threaded. A time step
-// is one matmul, [x_t | h_{t-1} | 1] [wi; wh; b], and the training forward pass keeps those
-// rows; a backward time step is one matmul for the cotangents of h_{t-1} (and x_t), and
-// one that adds [x_t | h_{t-1} | 1]^T dz_t to the thread's share of the weight and bias
-// gradients while dz_t is still in cache (the shares are summed at the end).
+// inside the time loop (inside XLA, the threads are those of XLA's own pool). Each thread
+// calls the matmul engine single-threaded. A time step is one matmul,
+// [x_t | h_{t-1} | 1] [wi; wh; b], and the training forward pass keeps those rows; a
+// backward time step is one matmul for the cotangents of h_{t-1} (and x_t), and one that
+// adds [x_t | h_{t-1} | 1]^T dz_t to the thread's share of the weight and bias gradients
+// while dz_t is still in cache (the shares are summed at the end).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -54,12 +56,27 @@ static int parts_of(int64_t total, int64_t min_part) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(g_threads, total / min_part));
 }
 
+// XLA's intra-op thread pool, while one of the FFI handlers below runs (UsePool): the
+// other parts of `parallel_parts` go there. Threads of our own would compete for the cores
+// with XLA's pool threads, which spin for a while when they run out of work (inside the
+// jitted training step they lost a fifth of their time that way; docs/performance.md).
+static thread_local ffi::ThreadPool* t_pool = nullptr;
+struct UsePool {
+  explicit UsePool(ffi::ThreadPool& pool) : saved(t_pool) {
+    if (pool.num_threads() > 0) t_pool = &pool;
+  }
+  ~UsePool() { t_pool = saved; }
+  ffi::ThreadPool* saved;
+};
+
 // fn(k, lo, hi) for each part k of the parts_of(total, min_part) parts [lo, hi) of
-// [0, total), each on its own thread; the calling thread takes the first.
+// [0, total), in parallel; the calling thread takes the first. Inside an FFI handler the
+// others are offered to XLA's pool, and the caller, done with its own part, runs any that
+// no pool thread has started (so a busy pool delays nothing); elsewhere each gets a thread.
 static void parallel_parts(int64_t total, int64_t min_part,
                            const std::function<void(int, int64_t, int64_t)>& fn) {
   const int n = parts_of(total, min_part);
-  auto part = [&](int k) {
+  const std::function<void(int)> part = [&](int k) {
     FlushDenormals ftz;
     mkl_set_num_threads_local(1);
 #ifdef RNNJAX_ONEDNN
@@ -67,10 +84,26 @@ static void parallel_parts(int64_t total, int64_t min_part,
 #endif
     fn(k, total * k / n, total * (k + 1) / n);
   };
-  std::vector<std::thread> pool;
-  for (int k = 1; k < n; ++k) pool.emplace_back(part, k);
+  if (t_pool && n > 1) {
+    struct Claims { std::atomic<int> next{1}, done{0}; };
+    // Shared: a pool task may start after this call has returned (and then claims nothing).
+    auto claims = std::make_shared<Claims>();
+    auto claim = [claims, n, run = &part] {
+      for (int k; (k = claims->next.fetch_add(1)) < n;) {
+        (*run)(k);
+        claims->done.fetch_add(1, std::memory_order_release);
+      }
+    };
+    for (int k = 1; k < n; ++k) t_pool->Schedule([claim] { claim(); });
+    part(0);
+    claim();
+    while (claims->done.load(std::memory_order_acquire) < n - 1) std::this_thread::yield();
+    return;
+  }
+  std::vector<std::thread> threads;
+  for (int k = 1; k < n; ++k) threads.emplace_back(part, k);
   part(0);
-  for (auto& t : pool) t.join();
+  for (auto& t : threads) t.join();
 }
 
 // fn(lo, hi) for each part, as parallel_parts.
@@ -402,7 +435,9 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
 
 // The XLA FFI handlers: shapes from the buffers, then the functions above.
 static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cs,
-                      Out xh, Out acts) {
+                      Out xh, Out acts,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0];
   std::memcpy(hs->typed_data(), h0.typed_data(), B * H * sizeof(float));
@@ -414,7 +449,9 @@ static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, O
 }
 
 // x, wi, wh, b, c0, h0 as Fwd -> hs [T+1,B,H], c_T [B,H].
-static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cT) {
+static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cT,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0];
   std::memcpy(hs->typed_data(), h0.typed_data(), B * H * sizeof(float));
@@ -428,7 +465,9 @@ static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs,
 // (of cs[T]) -> dx [T,B,F] (or [0,B,F]: not wanted), dwi [F,4H], dwh [H,4H], db [4H],
 // dc0 [B,H], dh0 [B,H].
 static ffi::Error Bwd(Buf wi, Buf wh, Buf xh, Buf cs, Buf acts, Buf dhs, Buf dcT, Out dx,
-                      Out dwi, Out dwh, Out db, Out dc0, Out dh0) {
+                      Out dwi, Out dwh, Out db, Out dc0, Out dh0,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = dhs.dimensions()[0], B = dhs.dimensions()[1], F = wi.dimensions()[0];
   const int64_t H = wh.dimensions()[0];
   std::memcpy(dc0->typed_data(), dcT.typed_data(), B * H * sizeof(float));
@@ -443,20 +482,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmFwd, Fwd,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>()
-                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmBwd, Bwd,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>().Arg<Buf>()
                                   .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
-                                  .Ret<Buf>());
+                                  .Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLstmInfer, Infer,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>()
-                                  .Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 // ---------------------------------------------------------------------------------------
 // LEM, Long Expressive Memory (rnnjax/cells.py's LEMCell), the same way: threads split the
@@ -624,7 +666,9 @@ static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
 
 // x, wx, bx, wh, bh, wz, bz, z0, y0; dt -> ys [T+1,B,H], zs [T+1,B,H], xy, p, s.
 static ffi::Error LemFwd(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
-                         Buf y0, float dt, Out ys, Out zs, Out xy, Out p, Out s) {
+                         Buf y0, float dt, Out ys, Out zs, Out xy, Out p, Out s,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
   std::memcpy(ys->typed_data(), y0.typed_data(), B * H * sizeof(float));
@@ -643,7 +687,9 @@ static ffi::Error LemFwd(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, 
 
 // As LemFwd, keeping nothing for a backward pass -> ys [T+1,B,H], z_T [B,H].
 static ffi::Error LemInfer(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
-                           Buf y0, float dt, Out ys, Out zT) {
+                           Buf y0, float dt, Out ys, Out zT,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
   std::memcpy(ys->typed_data(), y0.typed_data(), B * H * sizeof(float));
@@ -663,7 +709,9 @@ static ffi::Error LemInfer(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz
 // [0,B,F]: not wanted), dw1 [F+H+1,3H], dwxy [F,H], dbu [H], dwz [H,H], dz0 [B,H], dy0 [B,H].
 static ffi::Error LemBwd(Buf x, Buf wx, Buf wh, Buf wz, Buf xy, Buf zs, Buf p, Buf s,
                          Buf dys, Buf dzT, float dt, Out dx, Out dw1, Out dwxy, Out dbu,
-                         Out dwz, Out dz0, Out dy0) {
+                         Out dwz, Out dz0, Out dy0,
+    ffi::ThreadPool pool) {
+  UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
   std::memcpy(dz0->typed_data(), dzT.typed_data(), B * H * sizeof(float));
@@ -681,14 +729,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemFwd, LemFwd,
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Attr<float>("dt")
-                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemInfer, LemInfer,
                               ffi::Ffi::Bind()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Attr<float>("dt")
-                                  .Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
                               ffi::Ffi::Bind()
@@ -696,7 +746,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
                                   .Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>()
                                   .Attr<float>("dt")
                                   .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
-                                  .Ret<Buf>().Ret<Buf>());
+                                  .Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
 
 // Threads per call (the cores this process may use), and MKL without its own threads.
 extern "C" void rnnjax_lstm_init(int threads) {
