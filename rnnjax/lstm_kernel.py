@@ -13,11 +13,11 @@ tests/test_lstm_kernel.py). Why it exists (docs/performance.md, "How LSTM layers
 CPU backend spends a third of the scan's step in some 20 small element-wise fusions per
 time step and runs the backward pass's transposed matmul at two thirds of its speed; this
 layer is one call forward and one call backward (XLA FFI): per time step one matmul
-`[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores each running the
-whole recurrence for half the batch (an LSTM's batch rows are independent until the weight
-gradients: each core adds up its rows' share step by step, and the shares are summed at the
-end). Where the layer's input is not differentiated (a model's first layer reading data),
-the backward pass skips its cotangent.
+`[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores (XLA's own intra-op
+threads) each running the whole recurrence for half the batch (an LSTM's batch rows are
+independent until the weight gradients: each core adds up its rows' share step by step,
+and the shares are summed at the end). Where the layer's input is not differentiated (a
+model's first layer reading data), the backward pass skips its cotangent.
 
 The C++ source (rnnjax/csrc/lstm_cpu.cc) is compiled on first use with the machine's C++
 compiler (`$CXX`, else `g++`, `-march=native`) against MKL and oneDNN from PyPI (the
