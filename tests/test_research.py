@@ -29,11 +29,13 @@ def rel_err(got, want):
 def perturbed_params(model, x, seed=0):
   """Initial parameters with every leaf moved by N(0, 0.1^2): non-zero biases, and no
   structure (identity, orthogonality) that could hide a transposed kernel."""
-  params = model.init(jax.random.key(seed), x)["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
-  leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-  return jax.tree.unflatten(tree, leaves)
+  def make(x):  # jitted: one compilation instead of one per operation and leaf shape
+    params = model.init(jax.random.key(seed), x)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
+    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    return jax.tree.unflatten(tree, leaves)
+  return jax.jit(make)(x)
 
 
 CASES = [  # (cell, layers, bidirectional, readout, batch, time, features, hidden)
@@ -52,7 +54,7 @@ def test_logits_match_float64_numpy(cell, layers, bidirectional, readout, batch,
                                       bidirectional=bidirectional, readout=readout)
     x = jax.random.uniform(jax.random.key(1), (batch, time, features), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), perturbed_params(model, x))
-    got = model.apply({"params": params}, x)
+    got = jax.jit(model.apply)({"params": params}, x)
     want = reference.classifier_logits(jax.device_get(params), np.asarray(x), cell,
                                        bidirectional, readout)
   # float64 on both sides with the same equations: only summation order and ulps of
@@ -75,12 +77,13 @@ def test_float32_logits_and_gradients_match_float64(cell):
   def loss(p, xx):
     return steps.cross_entropy(model.apply({"params": p}, xx), labels).mean()
 
-  g32 = jax.grad(loss)(params, x)
+  grad, apply = jax.jit(jax.grad(loss)), jax.jit(model.apply)
+  g32 = grad(params, x)
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    g64 = jax.grad(loss)(p64, x.astype(jnp.float64))
-    l64 = model.apply({"params": p64}, x.astype(jnp.float64))
-  assert rel_err(model.apply({"params": params}, x), l64) <= 1e-5
+    g64 = grad(p64, x.astype(jnp.float64))
+    l64 = apply({"params": p64}, x.astype(jnp.float64))
+  assert rel_err(apply({"params": params}, x), l64) <= 1e-5
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64)):
     assert rel_err(a, b) <= 1e-4  # float32 gradients through 28 steps: ~1e-6 measured
 

@@ -44,6 +44,7 @@ static int g_threads = 1;   // set by rnnjax_lstm_init
 enum Gemm { kMkl = 0, kOnednn = 1 };
 static int g_gemm = kMkl;   // set by rnnjax_set_gemm
 constexpr int64_t kMinRows = 16;  // fewer rows per thread than this: fewer threads
+constexpr int64_t kChunkBytes = 512 * 1024;  // see recurrence
 
 struct FlushDenormals {  // as XLA's CPU runtime does
   unsigned int saved;
@@ -310,26 +311,33 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
                        const float* x, const std::vector<float>& w, float* HS, float* CS,
                        float* C, float* XH, float* A) {
   const int64_t n = hi - lo, G = 4 * H, K = F + H + 1;
-  std::vector<float> xh_scratch(XH ? 0 : n * K), scratch(A ? 0 : n * G), tc(n * H);
-  StepMatmul step(n, G, K, w.data(), false);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t row = t * B + lo, next = row + B;
-    const float* h = HS + row * H;
-    const float* c = CS ? CS + row * H : C + lo * H;
-    float* cn = CS ? CS + next * H : C + lo * H;
-    float* hn = HS + next * H;
-    float* z = A ? A + row * G : scratch.data();
-    float* xh = XH ? XH + row * K : xh_scratch.data();
-    stack_rows(n, F, H, x + row * F, h, xh);
-    step(xh, z);
-    tanh_n(n * G, z, z);
-    gates(n, H, z, c, cn);
-    tanh_n(n * H, cn, tc.data());
-    for (int64_t r = 0; r < n; ++r) {
-      const float* o = z + r * G + 3 * H;
-      for (int64_t j = 0; j < H; ++j) hn[r * H + j] = o[j] * tc[r * H + j];
+  // Rows per matmul: at most about kChunkBytes of pre-activations, so that the gate loops
+  // after the matmul find them in the core's L2 cache (evaluation's 500 rows per thread of
+  // an LSTM 256 are 2 MB; a training batch is one chunk).
+  const int64_t chunks = std::max<int64_t>(1, n * G * 4 / kChunkBytes);
+  const int64_t most = (n + chunks - 1) / chunks;
+  std::vector<float> xh_scratch(XH ? 0 : most * K), scratch(A ? 0 : most * G), tc(most * H);
+  StepMatmul wide(most, G, K, w.data(), false), narrow(n / chunks, G, K, w.data(), false);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t part = 0; part < chunks; ++part) {
+      const int64_t r0 = n * part / chunks, m = n * (part + 1) / chunks - r0;
+      const int64_t row = t * B + lo + r0, next = row + B;
+      const float* h = HS + row * H;
+      const float* c = CS ? CS + row * H : C + (lo + r0) * H;
+      float* cn = CS ? CS + next * H : C + (lo + r0) * H;
+      float* hn = HS + next * H;
+      float* z = A ? A + row * G : scratch.data();
+      float* xh = XH ? XH + row * K : xh_scratch.data();
+      stack_rows(m, F, H, x + row * F, h, xh);
+      (m == most ? wide : narrow)(xh, z);
+      tanh_n(m * G, z, z);
+      gates(m, H, z, c, cn);
+      tanh_n(m * H, cn, tc.data());
+      for (int64_t r = 0; r < m; ++r) {
+        const float* o = z + r * G + 3 * H;
+        for (int64_t j = 0; j < H; ++j) hn[r * H + j] = o[j] * tc[r * H + j];
+      }
     }
-  }
 }
 
 // x [T,B,F], wi [F,4H], wh [H,4H], b [4H]; hs[0] = h0 and cs[0] = c0 set by the caller ->
