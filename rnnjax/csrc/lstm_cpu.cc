@@ -313,11 +313,13 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
   const int64_t n = hi - lo, G = 4 * H, K = F + H + 1;
   // Rows per matmul: at most about kChunkBytes of pre-activations, so that the gate loops
   // after the matmul find them in the core's L2 cache (evaluation's 500 rows per thread of
-  // an LSTM 256 are 2 MB; a training batch is one chunk).
+  // an LSTM 256 are 2 MB; the presets' training batches are one chunk).
   const int64_t chunks = std::max<int64_t>(1, n * G * 4 / kChunkBytes);
   const int64_t most = (n + chunks - 1) / chunks;
   std::vector<float> xh_scratch(XH ? 0 : most * K), scratch(A ? 0 : most * G), tc(most * H);
-  StepMatmul wide(most, G, K, w.data(), false), narrow(n / chunks, G, K, w.data(), false);
+  StepMatmul wide(most, G, K, w.data(), false);
+  std::unique_ptr<StepMatmul> narrow;  // the chunks one row short, where n does not divide
+  if (n % chunks) narrow.reset(new StepMatmul(n / chunks, G, K, w.data(), false));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t part = 0; part < chunks; ++part) {
       const int64_t r0 = n * part / chunks, m = n * (part + 1) / chunks - r0;
@@ -329,7 +331,7 @@ static void recurrence(int64_t T, int64_t B, int64_t F, int64_t H, int64_t lo, i
       float* z = A ? A + row * G : scratch.data();
       float* xh = XH ? XH + row * K : xh_scratch.data();
       stack_rows(m, F, H, x + row * F, h, xh);
-      (m == most ? wide : narrow)(xh, z);
+      (m == most ? wide : *narrow)(xh, z);
       tanh_n(m * G, z, z);
       gates(m, H, z, c, cn);
       tanh_n(m * H, cn, tc.data());
@@ -443,8 +445,7 @@ static void lstm_backward(int64_t T, int64_t B, int64_t F, int64_t H, const floa
 
 // The XLA FFI handlers: shapes from the buffers, then the functions above.
 static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cs,
-                      Out xh, Out acts,
-    ffi::ThreadPool pool) {
+                      Out xh, Out acts, ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0];
@@ -458,7 +459,7 @@ static ffi::Error Fwd(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, O
 
 // x, wi, wh, b, c0, h0 as Fwd -> hs [T+1,B,H], c_T [B,H].
 static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs, Out cT,
-    ffi::ThreadPool pool) {
+                        ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wh.dimensions()[0];
@@ -473,8 +474,7 @@ static ffi::Error Infer(Buf x, Buf wi, Buf wh, Buf bias, Buf c0, Buf h0, Out hs,
 // (of cs[T]) -> dx [T,B,F] (or [0,B,F]: not wanted), dwi [F,4H], dwh [H,4H], db [4H],
 // dc0 [B,H], dh0 [B,H].
 static ffi::Error Bwd(Buf wi, Buf wh, Buf xh, Buf cs, Buf acts, Buf dhs, Buf dcT, Out dx,
-                      Out dwi, Out dwh, Out db, Out dc0, Out dh0,
-    ffi::ThreadPool pool) {
+                      Out dwi, Out dwh, Out db, Out dc0, Out dh0, ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = dhs.dimensions()[0], B = dhs.dimensions()[1], F = wi.dimensions()[0];
   const int64_t H = wh.dimensions()[0];
@@ -675,7 +675,7 @@ static void lem_backward(int64_t T, int64_t B, int64_t F, int64_t H, float dt,
 // x, wx, bx, wh, bh, wz, bz, z0, y0; dt -> ys [T+1,B,H], zs [T+1,B,H], xy, p, s.
 static ffi::Error LemFwd(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
                          Buf y0, float dt, Out ys, Out zs, Out xy, Out p, Out s,
-    ffi::ThreadPool pool) {
+                         ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
@@ -696,7 +696,7 @@ static ffi::Error LemFwd(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, 
 // As LemFwd, keeping nothing for a backward pass -> ys [T+1,B,H], z_T [B,H].
 static ffi::Error LemInfer(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz, Buf z0,
                            Buf y0, float dt, Out ys, Out zT,
-    ffi::ThreadPool pool) {
+                           ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
@@ -717,8 +717,7 @@ static ffi::Error LemInfer(Buf x, Buf wx, Buf bx, Buf wh, Buf bh, Buf wz, Buf bz
 // [0,B,F]: not wanted), dw1 [F+H+1,3H], dwxy [F,H], dbu [H], dwz [H,H], dz0 [B,H], dy0 [B,H].
 static ffi::Error LemBwd(Buf x, Buf wx, Buf wh, Buf wz, Buf xy, Buf zs, Buf p, Buf s,
                          Buf dys, Buf dzT, float dt, Out dx, Out dw1, Out dwxy, Out dbu,
-                         Out dwz, Out dz0, Out dy0,
-    ffi::ThreadPool pool) {
+                         Out dwz, Out dz0, Out dy0, ffi::ThreadPool pool) {
   UsePool use(pool);
   const int64_t T = x.dimensions()[0], B = x.dimensions()[1], F = x.dimensions()[2];
   const int64_t H = wz.dimensions()[0];
