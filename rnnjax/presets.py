@@ -73,11 +73,13 @@ def smnist() -> Config:
   kernel, the authors' dt 0.21, batch 128 and Adam 1.8e-3 (here as the peak: half an epoch
   of warm-up, then cosine decay), clipping at global norm 1, 11 epochs.
 
-  `python experiments/mnist_lstm.py --preset smnist`: 98.42% test accuracy at the
-  best-validation checkpoint (epoch 11 of 11, validation 98.48%; validation 61.92, 85.88,
-  91.42, 94.52, 96.08, 97.16, 97.60, 97.96, 98.34, 98.46, 98.48% after epochs 1-11), 36.6
-  min on a 2-core AMD EPYC (191-202 s per epoch, matmuls by oneDNN; commit 4ecf4e5). With
-  9 epochs: 97.70% (validation 97.94%), 45.8 min on a 2-core Intel Xeon (commit 86e6341).
+  `python experiments/mnist_lstm.py --preset smnist` from a fresh clone, install included:
+  98.25% test accuracy at the best-validation checkpoint (epoch 10 of 11, validation
+  98.40%; validation 66.92, 87.54, 90.38, 94.42, 96.06, 97.14, 97.70, 97.86, 98.10, 98.40,
+  98.28% after epochs 1-11), 31.4 min on a 2-core AMD EPYC (148-170 s per epoch; commit
+  04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
+  machine (commit 4ecf4e5). With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a 2-core
+  Intel Xeon (commit 86e6341).
   """
   return Config(name="smnist", task="pixels", cell="lem", hidden_size=128, batch_size=128,
                 epochs=11, learning_rate=1.8e-3, schedule="cosine", warmup_epochs=0.5,
