@@ -96,13 +96,23 @@ def _mkl() -> tuple[Path, Path] | str:
 def _onednn() -> tuple[Path, Path] | None:
   """(include dir, libdnnl.so.3) of an installed oneDNN built for OpenMP (the
   `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` packages), or None. (The SYCL build of the
-  `onednn` package needs Intel's SYCL runtime; it is not used.)"""
+  `onednn` package needs Intel's SYCL runtime; it is not used.) A library that does not
+  load here (damaged, another architecture, a dependency missing) is passed over before any
+  build is spent on it."""
   for root in _install_roots("DNNLROOT"):
     lib = root / "lib" / "libdnnl.so.3"
     if (lib.exists() and (root / "include" / "dnnl.hpp").exists()
-        and not (root / "lib" / "libsycl.so.9").exists()):
+        and not (root / "lib" / "libsycl.so.9").exists() and _loads(lib)):
       return root / "include", lib
   return None
+
+
+def _loads(lib: Path) -> bool:
+  try:
+    ctypes.CDLL(str(lib))
+  except OSError:
+    return False
+  return True
 
 
 def _cpu_signature() -> str:

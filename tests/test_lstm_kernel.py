@@ -257,15 +257,32 @@ def test_matmul_engine_is_timed_once_kept_and_can_be_forced(tmp_path):
   assert "unset it for the faster one" in out
 
 
+def test_a_onednn_library_that_does_not_load_is_passed_over(tmp_path, monkeypatch):
+  """A oneDNN install whose library does not load is not used (no build is spent on it);
+  the same install with a library that loads is."""
+  root = tmp_path / "onednn"
+  (root / "include").mkdir(parents=True)
+  (root / "include" / "dnnl.hpp").write_text("")
+  (root / "lib").mkdir()
+  (root / "lib" / "libdnnl.so.3").write_text("not a library")
+  real = lstm_kernel._onednn()
+  monkeypatch.setattr(lstm_kernel, "_install_roots", lambda variable: [root])
+  assert lstm_kernel._onednn() is None
+  if real:  # the control: a library that loads, in the same place
+    (root / "lib" / "libdnnl.so.3").unlink()
+    (root / "lib" / "libdnnl.so.3").symlink_to(real[1])
+    assert lstm_kernel._onednn() == (root / "include", root / "lib" / "libdnnl.so.3")
+
+
 @needs_kernel
-def test_a_onednn_that_cannot_be_used_leaves_mkl_alone(tmp_path):
-  """oneDNN found but unusable (here: not a library at all): the build without it runs."""
-  fake = tmp_path / "lib" / "libdnnl.so.3"
-  fake.parent.mkdir()
-  fake.write_text("not a library")
-  code = ("from pathlib import Path\nfrom rnnjax import lstm_kernel as k\n"
-          "include = (k._onednn() or [Path('/nonexistent')])[0]\n"
-          f"k._onednn = lambda: (include, Path({str(fake)!r}))\n"
+def test_a_onednn_the_kernel_cannot_be_built_with_leaves_mkl_alone(tmp_path):
+  """oneDNN found, but the build with it fails (stood in for by `_build`'s error for it):
+  the kernel is built without it and runs its matmuls on MKL."""
+  code = ("from rnnjax import lstm_kernel as k\n"
+          "build = k._build\n"
+          "k._onednn = lambda: (k.Path('/x/include'), k.Path('/x/lib/libdnnl.so.3'))\n"
+          "k._build = lambda onednn=True: ('compiling lstm_cpu.cc failed: dnnl.hpp' if onednn\n"
+          "                               else build(onednn=False))\n"
           "ok, why = k.status()\nprint('STATUS', ok, why)\nprint('ENGINES', k.gemm_engines())\n")
   env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
   env["RNNJAX_KERNEL_CACHE"] = str(tmp_path / "cache")

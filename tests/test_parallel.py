@@ -57,11 +57,11 @@ def max_diff(a, b):
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-  """1 device: epoch 1 (its workdir is copied for the topology test), then epoch 2."""
+  """1 device: epoch 1 (its workdir is copied for the topology test), then epoch 2, resumed
+  in the same process."""
   d = tmp_path_factory.mktemp("one_device")
-  run(d / "run", d / "unused.npz", devices=1, epochs=1)
-  shutil.copytree(d / "run", d / "after_epoch_1")
-  info = run(d / "run", d / "params.npz", devices=1)
+  info = run(d / "run", d / "params.npz", devices=1,
+             extra=("--copy-after-epoch-1", d / "after_epoch_1"))
   assert info["devices"] == 1 and [r["epoch"] for r in info["history"]] == [1, 2]
   return params(d / "params.npz"), info["history"], d / "after_epoch_1"
 

@@ -1,16 +1,18 @@
 """One training process on N simulated CPU devices, for tests/test_parallel.py.
 
     python tests/tools/sharded_run.py --devices 4 --workdir W --epochs 2 --out params.npz \\
-        [--coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0]
+        [--coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0] [--copy-after-epoch-1 D]
 
 Trains a tiny LSTM on synthetic MNIST-shaped data with the library's whole loop
 (`train.train_and_evaluate`, resuming from W's checkpoints if any) and, in process 0,
 writes the final parameters to --out and one JSON line (devices, processes, history) to
-stdout.
+stdout. With --copy-after-epoch-1 D it trains epoch 1, copies W to D, and resumes W to
+--epochs in the same process.
 """
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ def main():
   p.add_argument("--coordinator")
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
+  p.add_argument("--copy-after-epoch-1")
   args = p.parse_args()
 
   import jax
@@ -40,10 +43,14 @@ def main():
   # sharded along axis 1) and 2 single steps.
   cfg = config.get_config("tiny").replace(epochs=args.epochs, batch_size=args.batch_size,
                                           hidden_size=8, learning_rate=1e-2, steps_per_call=3)
+  splits = synthetic_split(128, 0), synthetic_split(64, 1)
   try:
-    state, history = train.train_and_evaluate(
-        cfg, args.workdir, splits=(synthetic_split(128, 0), synthetic_split(64, 1)),
-        log=lambda line: None)
+    if args.copy_after_epoch_1:
+      train.train_and_evaluate(cfg.replace(epochs=1), args.workdir, splits=splits,
+                               log=lambda line: None)
+      shutil.copytree(args.workdir, args.copy_after_epoch_1)
+    state, history = train.train_and_evaluate(cfg, args.workdir, splits=splits,
+                                              log=lambda line: None)
   except parallel.ParallelError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
