@@ -95,13 +95,15 @@ def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir):
   that finds the run finished, then evaluate and predict on its workdir. One test, so that
   the run is made once (a fixture shared by several tests may be made on each worker)."""
   workdir = tmp_path / "run"
-  args = ["--workdir", workdir, "--preset", "tutorial", "--epochs", "1", "--hidden-size", "32",
+  args = ["--workdir", workdir, "--preset", "tutorial", "--epochs", "1", "--hidden-size", "64",
           "--learning-rate", "3e-3", "--data-dir", tfds_data_dir, "--manual-dir", mnist_dir]
   r = run_cli(*args)
   assert r.returncode == 0, r.stderr[-3000:]
   record = json.loads((workdir / "metrics.jsonl").read_text())
   assert record["test_count"] == 10000
-  assert record["test_accuracy"] > 0.90, record  # 32 units, one epoch: ~94% seen
+  # 64 units, one epoch: 94.8% with either matmul engine (32 units gave 89.95% and 91.13%:
+  # after one epoch at a constant 3e-3 the summation order moves it by points).
+  assert record["test_accuracy"] > 0.90, record
   assert f"test accuracy {100 * record['test_accuracy']:.2f}%" in r.stdout
   if "GLIBC_TUNABLES" not in os.environ and sys.platform.startswith("linux"):
     assert "malloc glibc.malloc.hugetlb=1" in r.stdout  # restarted with the tuned allocator
