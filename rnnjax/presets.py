@@ -76,7 +76,7 @@ def smnist() -> Config:
   `python experiments/mnist_lstm.py --preset smnist` from a fresh clone, install included:
   98.25% test accuracy at the best-validation checkpoint (epoch 10 of 11, validation
   98.40%; validation 66.92, 87.54, 90.38, 94.42, 96.06, 97.14, 97.70, 97.86, 98.10, 98.40,
-  98.28% after epochs 1-11), 31.4 min on a 2-core AMD EPYC (148-170 s per epoch; commit
+  98.28% after epochs 1-11), 31.4 min on a 2-core AMD EPYC Zen 4 (148-170 s per epoch; commit
   04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
   machine (commit 4ecf4e5). With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a 2-core
   Intel Xeon (commit 86e6341).
