@@ -17,6 +17,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# XLA compiles with LLVM's cheap settings (no optimisation passes): the numerical tests,
+# which compile many small programs, take half the time. The compiled programs compute the
+# same thing but may round differently in the last bits (where a multiply and an add fuse,
+# say), so no test compares against numbers made with other flags: every comparison is
+# against a float64 reference or a stored fixture with a tolerance, or between runs of the
+# same suite. The end-to-end test on real MNIST runs the command with XLA's defaults, as
+# users run it; `XLA_FLAGS= python -m pytest ...` runs every test so (docs/numerics.md).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                                   "--xla_llvm_disable_expensive_passes=true")
+
 import pytest  # noqa: E402
 
 from rnnjax import config as config_lib  # noqa: E402

@@ -10,7 +10,7 @@ def test_round_trip_is_exact(tiny_config, tmp_path):
   rng = np.random.default_rng(0)
   batch = {"image": rng.random((4, 28, 28), dtype=np.float32),
            "label": np.arange(4, dtype=np.int32)}
-  state, _ = steps.train_step(state, batch)
+  state, _ = jax.jit(steps.train_step)(state, batch)
   ckpt = checkpointing.Checkpointer(tmp_path / "ck")
   ckpt.save(1, state, {"epoch": 1, "history": [{"a": 1.5}]}, {"val_accuracy": 0.5})
   fresh = steps.create_train_state(tiny_config, jax.random.key(9))

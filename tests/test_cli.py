@@ -90,10 +90,12 @@ def test_changed_hidden_size_is_refused_and_nothing_lost(tmp_path, tiny_splits):
 @requires_mnist
 @pytest.mark.slow
 @pytest.mark.xdist_group("tfds")  # one worker prepares tfds's MNIST for both tests
-def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir):
+def test_end_to_end_on_real_mnist(tmp_path, tfds_data_dir, mnist_dir, monkeypatch):
   """The main command on the real files through tfds (one epoch of a small LSTM), a resume
   that finds the run finished, then evaluate and predict on its workdir. One test, so that
-  the run is made once (a fixture shared by several tests may be made on each worker)."""
+  the run is made once (a fixture shared by several tests may be made on each worker). The
+  commands run as users run them, with XLA's default flags (tests/conftest.py)."""
+  monkeypatch.setenv("XLA_FLAGS", "")
   workdir = tmp_path / "run"
   args = ["--workdir", workdir, "--preset", "tutorial", "--epochs", "1", "--hidden-size", "64",
           "--learning-rate", "3e-3", "--data-dir", tfds_data_dir, "--manual-dir", mnist_dir]

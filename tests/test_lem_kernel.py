@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rnnjax import cells, lem_kernel, lstm_kernel, models
-from tests.helpers import reference
+from tests.helpers import random_params, reference
 
 AVAILABLE, WHY = lstm_kernel.status()
 needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")
@@ -18,13 +18,6 @@ needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable
 def rel_err(got, want):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
-
-
-def perturbed(params, seed, scale=0.2):  # as the LSTM kernel's test
-  leaves, tree = jax.tree.flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(tree, [
-      p + scale * rng.standard_normal(p.shape).astype(np.float32) for p in leaves])
 
 
 # (batch, time, features, hidden, layers, readout, dt): one row; a batch split unevenly over
@@ -42,9 +35,9 @@ def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, lay
   kernel = models.SequenceClassifier(lstm_kernel="cpu", **kw)
   scan = models.SequenceClassifier(lstm_kernel="xla", **kw)
   x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
-  params = perturbed(models.init_params(scan, jax.random.key(1), x[:1]), 2)
+  params = random_params(scan, x[:1], seed=2, bias_scale=0.2)
   assert jax.tree.structure(params) == jax.tree.structure(
-      models.init_params(kernel, jax.random.key(1), x[:1]))
+      jax.eval_shape(lambda: models.init_params(kernel, jax.random.key(1), x[:1])))
   every = lambda m: jax.jit(lambda p, x: m.apply({"params": p}, x, all_steps=True))  # noqa
   got, via_scan = every(kernel)(params, x), every(scan)(params, x)
   with jax.enable_x64(True):
@@ -104,7 +97,7 @@ def test_carries_reverse_and_the_layer_call():
   cell = cells.LEMCell(12)
   x = jnp.asarray(np.random.default_rng(3).random((17, 8, 2), np.float32))
   scan_rnn = nn.RNN(cell)
-  params = perturbed(scan_rnn.init(jax.random.key(0), x)["params"], 4)
+  params = random_params(scan_rnn, x, seed=4, bias_scale=0.2)
   rng = np.random.default_rng(5)
   carry = tuple(jnp.asarray(rng.standard_normal((17, 12)), jnp.float32) for _ in range(2))
   for kw in ({}, {"reverse": True}, {"reverse": True, "keep_order": True}):

@@ -38,12 +38,12 @@ def test_the_layer_equals_float64_numpy_and_its_initialisation_is_the_papers():
     layer = lru.LRU(state_size=5)
     u = jax.random.normal(jax.random.key(0), (2, 30, 4), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64),
-                          layer.init(jax.random.key(1), u)["params"])
-    got = layer.apply({"params": params}, u)
+                          jax.jit(layer.init)(jax.random.key(1), u)["params"])
+    got = jax.jit(layer.apply)({"params": params}, u)  # jitted: one compilation, not one per op
   assert rel_err(got, reference.lru_layer(jax.device_get(params), np.asarray(u))) <= 1e-12
   # |lambda| on the ring [0.9, 0.999]; the input normalisation sqrt(1 - |lambda|^2).
-  p = jax.device_get(lru.LRU(state_size=4000).init(jax.random.key(2), u[:, :2].astype(
-      jnp.float32))["params"])
+  p = jax.device_get(jax.jit(lru.LRU(state_size=4000).init)(
+      jax.random.key(2), u[:, :2].astype(jnp.float32))["params"])
   modulus = np.exp(-np.exp(p["nu_log"].astype(np.float64)))
   assert 0.9 - 1e-6 <= modulus.min() and modulus.max() <= 0.999 + 1e-6
   assert modulus.min() < 0.905 and modulus.max() > 0.995  # the whole ring is drawn from

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from tests.helpers import REPO, reference, synthetic_split
+from tests.helpers import REPO, random_params, reference, synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import data, models, steps
 
@@ -25,16 +25,9 @@ def rel_err(got, want):
 
 
 def init(model, shape, seed=0, dtype=jnp.float32):
+  """Inputs U(0, 1) of `shape` and random parameters (tests.helpers.random_params)."""
   x = jax.random.uniform(jax.random.key(seed + 1), shape, dtype)
-  def make(x):  # jitted: one compilation instead of one per operation and leaf shape
-    params = model.init(jax.random.key(seed), x)["params"]
-    # Non-zero biases, so that the bias paths are exercised too.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
-    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) if p.ndim == 1 else p
-              for p, k in zip(leaves, keys)]
-    return jax.tree.unflatten(tree, leaves)
-  return jax.jit(make)(x), x
+  return random_params(model, x, seed=seed), x
 
 
 CASES = [  # (batch, time, features, hidden, layers)
@@ -130,7 +123,8 @@ def test_optimized_cell_equals_lstm_cell():
   x = jax.random.normal(jax.random.key(0), (4, 7, 5))
   fast, plain = nn.RNN(nn.OptimizedLSTMCell(10)), nn.RNN(nn.LSTMCell(10))
   params = fast.init(jax.random.key(1), x)
-  assert jax.tree.structure(params) == jax.tree.structure(plain.init(jax.random.key(1), x))
+  assert jax.tree.structure(params) == jax.tree.structure(
+      jax.eval_shape(plain.init, jax.random.key(1), x))
   # One fused matmul vs eight small ones: float32 sums in another order.
   print(f"measured: OptimizedLSTMCell vs LSTMCell, max abs diff "
         f"{np.max(np.abs(fast.apply(params, x) - plain.apply(params, x))):.1e}")
@@ -172,9 +166,9 @@ def test_first_adam_step_moves_every_parameter_by_the_learning_rate():
   config = config_lib.get_config("tutorial").replace(hidden_size=8)
   state = steps.create_train_state(config, jax.random.key(0))
   batch = next(data.train_batches(synthetic_split(16, 0), 16, 0, 0))
-  grads = jax.grad(lambda p: steps.cross_entropy(
-      state.apply_fn({"params": p}, batch["image"]), batch["label"]).mean())(state.params)
-  new, _ = steps.train_step(state, batch)
+  grads = jax.jit(jax.grad(lambda p: steps.cross_entropy(  # jitted: one compilation each
+      state.apply_fn({"params": p}, batch["image"]), batch["label"]).mean()))(state.params)
+  new, _ = jax.jit(steps.train_step)(state, batch)
   lr = config.learning_rate
   for a, b, g in zip(*(jax.tree.leaves(t) for t in (state.params, new.params, grads))):
     moved = np.abs(np.asarray(b, np.float64) - np.asarray(a, np.float64))

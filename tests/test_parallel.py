@@ -26,6 +26,9 @@ import pytest
 
 from tests.helpers import REPO
 
+# One worker runs this module, so that its tests share one reference run (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("parallel")
+
 SCRIPT = REPO / "tests" / "tools" / "sharded_run.py"
 ATOL = 1e-6
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import reference, synthetic_split
+from tests.helpers import random_params, reference, synthetic_split
 from rnnjax import config as config_lib
 from rnnjax import data, inference, models, steps, train
 
@@ -27,15 +27,8 @@ def rel_err(got, want):
 
 
 def perturbed_params(model, x, seed=0):
-  """Initial parameters with every leaf moved by N(0, 0.1^2): non-zero biases, and no
-  structure (identity, orthogonality) that could hide a transposed kernel."""
-  def make(x):  # jitted: one compilation instead of one per operation and leaf shape
-    params = model.init(jax.random.key(seed), x)["params"]
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
-    leaves = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-    return jax.tree.unflatten(tree, leaves)
-  return jax.jit(make)(x)
+  """Random parameters of the model's shapes (tests.helpers.random_params)."""
+  return random_params(model, x, seed=seed)
 
 
 CASES = [  # (cell, layers, bidirectional, readout, batch, time, features, hidden)
@@ -95,7 +88,7 @@ def test_lstm_cell_and_optimized_lstm_cell_agree():
   plain = models.SequenceClassifier(16, 2, cell="lstm_cell")
   params = perturbed_params(fused, x)
   assert (jax.tree.structure(params)
-          == jax.tree.structure(plain.init(jax.random.key(0), x)["params"]))
+          == jax.tree.structure(jax.eval_shape(plain.init, jax.random.key(0), x)["params"]))
   np.testing.assert_allclose(plain.apply({"params": params}, x),
                              fused.apply({"params": params}, x), rtol=0, atol=2e-6)
 
@@ -182,7 +175,7 @@ def test_stacked_and_bidirectional_shapes_and_counts(layers, bidirectional):
   hidden, features, classes = 6, 28, 10
   model = models.SequenceClassifier(hidden, layers, classes, bidirectional=bidirectional)
   x = jnp.ones((3, 28, features))
-  params = model.init(jax.random.key(0), x)["params"]
+  params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]  # shapes: no compiling
   directions = 2 if bidirectional else 1
   want = 0
   for k in range(layers):
@@ -191,8 +184,9 @@ def test_stacked_and_bidirectional_shapes_and_counts(layers, bidirectional):
   want += directions * hidden * classes + classes
   assert sum(p.size for p in jax.tree.leaves(params)) == want
   assert params["head"]["kernel"].shape == (directions * hidden, classes)
-  assert model.apply({"params": params}, x).shape == (3, classes)
-  assert model.apply({"params": params}, x, all_steps=True).shape == (3, 28, classes)
+  assert jax.eval_shape(model.apply, {"params": params}, x).shape == (3, classes)
+  assert jax.eval_shape(lambda p: model.apply(p, x, all_steps=True),
+                        {"params": params}).shape == (3, 28, classes)
 
 
 def test_parameter_counts_of_the_presets():
@@ -231,7 +225,7 @@ def test_dropout():
   model = models.SequenceClassifier(64, 2, dropout=0.5)
   plain = models.SequenceClassifier(64, 2)
   x = jax.random.uniform(jax.random.key(1), (8, 5, 3))
-  params = plain.init(jax.random.key(0), x)["params"]
+  params = random_params(plain, x)
   np.testing.assert_array_equal(model.apply({"params": params}, x),
                                 plain.apply({"params": params}, x))
   rngs = {"dropout": jax.random.key(3)}
@@ -252,14 +246,15 @@ def test_train_step_dropout_masks_follow_the_step():
   batch = {"image": jax.random.uniform(jax.random.key(1), (4, 28, 28)),
            "label": jnp.array([1, 2, 3, 4])}
   key = steps.dropout_key(config)
-  a, ma = steps.train_step(state, batch, key)
-  b, mb = steps.train_step(state, batch, jax.random.key_data(key))  # raw key data too
+  train_step = jax.jit(steps.train_step)
+  a, ma = train_step(state, batch, key)
+  b, mb = train_step(state, batch, jax.random.key_data(key))  # raw key data too
   assert float(ma["loss_sum"]) == float(mb["loss_sum"])
   later = state.replace(step=state.step + 1)
-  _, mc = steps.train_step(later, batch, key)
+  _, mc = train_step(later, batch, key)
   assert float(mc["loss_sum"]) != float(ma["loss_sum"])  # another step, another mask
   with pytest.raises(Exception, match="dropout"):  # no key: flax asks for one
-    steps.train_step(state, batch)
+    train_step(state, batch)
 
 
 # ----------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ import pytest
 from tests.helpers import REPO
 from tests.tools import kill_resume
 
+# One worker runs this module, so that its tests share one reference run (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("resume_process")
+
 EPOCHS, EVERY = 3, 5  # 30 steps per epoch, a checkpoint every 5 steps: ~1 s per epoch
 
 
@@ -21,7 +24,7 @@ def digest(stdout):
   return [l for l in stdout.splitlines() if l.startswith("DIGEST")][-1]
 
 
-@pytest.fixture(scope="session")  # once per worker (xdist interleaves modules)
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
   """Final parameters of an uninterrupted run."""
   return kill_resume.run_to_end(tmp_path_factory.mktemp("ref"), EPOCHS, EVERY)[0]

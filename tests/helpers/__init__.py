@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,6 +26,21 @@ requires_mnist = pytest.mark.skipif(
 
 # Two epochs of the tiny preset (8 units, batch 16) on the real files, without a bar.
 TINY = ["--preset", "tiny", "--epochs", "2", "--data-source", "idx", "--no-progress"]
+
+
+def random_params(model, *inputs, seed=0, bias_scale=0.1):
+  """Parameters with the tree and shapes of `model.init(key, *inputs)`, drawn by NumPy:
+  matrices N(0, 1/fan_in), vectors and scalars N(0, bias_scale^2). For numerical tests,
+  which need parameters, not Flax's initial ones: no structure (identity, orthogonality)
+  that could hide a transposed kernel, non-zero biases that exercise every term, and no
+  compiled init (an LSTM's orthogonal initialisers take seconds to compile)."""
+  shapes = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a)["params"], *inputs)
+  rng = np.random.default_rng(seed)
+
+  def draw(leaf):
+    std = 1 / np.sqrt(np.prod(leaf.shape[:-1])) if len(leaf.shape) >= 2 else bias_scale
+    return jnp.asarray((std * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
+  return jax.tree.map(draw, shapes)
 
 
 def synthetic_split(n: int, seed: int) -> data.Split:
