@@ -26,11 +26,6 @@ def rel_err(got, want):
   return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-def perturbed_params(model, x, seed=0):
-  """Random parameters of the model's shapes (tests.helpers.random_params)."""
-  return random_params(model, x, seed=seed)
-
-
 CASES = [  # (cell, layers, bidirectional, readout, batch, time, features, hidden)
     *[(c, 1, False, "last", 3, 9, 5, 7) for c in CELLS],
     ("lstm", 2, True, "last", 2, 6, 4, 5), ("gru", 2, True, "last", 2, 6, 4, 5),
@@ -46,7 +41,7 @@ def test_logits_match_float64_numpy(cell, layers, bidirectional, readout, batch,
     model = models.SequenceClassifier(hidden, layers, num_classes=10, cell=cell,
                                       bidirectional=bidirectional, readout=readout)
     x = jax.random.uniform(jax.random.key(1), (batch, time, features), jnp.float64)
-    params = jax.tree.map(lambda p: p.astype(jnp.float64), perturbed_params(model, x))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), random_params(model, x))
     got = jax.jit(model.apply)({"params": params}, x)
     want = reference.classifier_logits(jax.device_get(params), np.asarray(x), cell,
                                        bidirectional, readout)
@@ -65,7 +60,7 @@ def test_float32_logits_and_gradients_match_float64(cell):
   model = models.SequenceClassifier(8, 1, num_classes=10, cell=cell)
   x = jax.random.uniform(jax.random.key(1), (4, 28, 28))
   labels = jnp.array([0, 3, 9, 1])
-  params = perturbed_params(model, x)
+  params = random_params(model, x)
 
   def loss(p, xx):
     return steps.cross_entropy(model.apply({"params": p}, xx), labels).mean()
@@ -86,7 +81,7 @@ def test_lstm_cell_and_optimized_lstm_cell_agree():
   x = jax.random.uniform(jax.random.key(1), (3, 10, 6))
   fused = models.SequenceClassifier(16, 2, cell="lstm")
   plain = models.SequenceClassifier(16, 2, cell="lstm_cell")
-  params = perturbed_params(fused, x)
+  params = random_params(fused, x)
   assert (jax.tree.structure(params)
           == jax.tree.structure(jax.eval_shape(plain.init, jax.random.key(0), x)["params"]))
   np.testing.assert_allclose(plain.apply({"params": params}, x),
@@ -209,7 +204,7 @@ def test_parameter_counts_of_the_presets():
 def test_mean_readout_is_mean_of_outputs():
   model = models.SequenceClassifier(5, 1, readout="mean")
   x = jax.random.uniform(jax.random.key(1), (2, 7, 3))
-  params = perturbed_params(model, x)
+  params = random_params(model, x)
   outputs = nn_outputs(model, params, x)
   head = params["head"]
   np.testing.assert_allclose(model.apply({"params": params}, x),
