@@ -98,8 +98,9 @@ def psmnist() -> Config:
   91.56%; validation 40.48, 65.16, 77.18, 83.08, 85.60, 87.28, 89.44, 90.40, 90.90, 91.54,
   91.56% after epochs 1-11), 49.1 min on a 2-core AMD EPYC Zen 3 (206-308 s per epoch;
   commit aa1b102); seed 1: 90.88% (validation 91.64%, epoch 11), 38.5 min without the
-  install. Earlier, on the Zen 4 AMD EPYC: 90.65% (validation 91.10%, epoch 11),
-  37.0 min (commit 372df0a).
+  install. Seed 2 (`--seed 2`), fresh clone, install included, on a 2-core AMD EPYC Zen 4:
+  90.88% (validation 91.18%, epoch 11), 34.2 min (commit 4e6afcf). Earlier, on the Zen 4:
+  90.65% (validation 91.10%, epoch 11), 37.0 min (commit 372df0a).
   """
   return smnist().replace(name="psmnist", task="permuted")
 
