@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -174,7 +175,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     raise InferenceError(f"{name}: not a regular file (a pipe, socket or device); save the "
                          "image to a file first")
   try:
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+      # Pillow warns above 89 megapixels; the check below refuses those with a clear error.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = Image.open(path)
+    with im:
       w, h = im.size
       if w * h > MAX_PIXELS:
         raise InferenceError(
