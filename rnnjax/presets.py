@@ -30,10 +30,10 @@ def default() -> Config:
   `python experiments/mnist_lstm.py`: 99.33% test accuracy at the best-validation
   checkpoint (epoch 14; 99.25% after epoch 20), 13.0 min from a fresh clone on a 2-core
   Intel Xeon (the CPU kernel, 5,000 images held out, commit ae47b27); 99.38% (epoch 20) in
-  8.6 min from a fresh clone on a 2-core AMD EPYC Zen 4 (commit 4e6afcf). Trained on all 60,000
-  (before the validation split; last epoch's test accuracy): 99.39% in 10.0 min on the
-  Intel Xeon (commit cbbddc9); 99.35%, 99.40%, 99.41% for seeds 0-2 on a 2-core AMD EPYC
-  (the scan, 12.1 min, commit 274ee12).
+  8.6 min from a fresh clone on a 2-core AMD EPYC Zen 4 (commit 4e6afcf). Trained on all
+  60,000 (before the validation split; last epoch's test accuracy): 99.39% in 10.0 min on
+  the Intel Xeon (commit cbbddc9); 99.35%, 99.40%, 99.41% for seeds 0-2 on a 2-core AMD
+  EPYC (the scan, 12.1 min, commit 274ee12).
   """
   return Config(
       name="default", epochs=20, batch_size=100, learning_rate=2e-3, schedule="cosine",
@@ -81,8 +81,8 @@ def smnist() -> Config:
   04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
   machine (commit 4ecf4e5). Seed 1 (`--seed 1`): 98.39% (validation 98.44%, epoch 11),
   31.2 min without the install (commit 343d486); seed 2: 98.46% (validation 98.54%, epoch
-  11), 31.5 min (commit 901f428). With 9 epochs: 97.70% (validation
-  97.94%), 45.8 min on a 2-core Intel Xeon (commit 86e6341).
+  11), 31.5 min (commit 901f428). With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a
+  2-core Intel Xeon (commit 86e6341).
   """
   return Config(name="smnist", task="pixels", cell="lem", hidden_size=128, batch_size=128,
                 epochs=11, learning_rate=1.8e-3, schedule="cosine", warmup_epochs=0.5,
