@@ -28,7 +28,8 @@ Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `smal
 batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
 sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100), and `seq_gru`, `seq_lem`,
 `seq_cornn`, `seq_lru`: each other cell at `seq`'s setting (the LRU: one block, 64 complex
-states), against PyTorch's nn.LSTM there. The default is the five LSTM settings.
+states), against PyTorch's nn.LSTM there. The default is the five LSTM settings. PyTorch
+runs with denormals flushed to zero (`torch.set_flush_denormal(True)`), as XLA's CPU code does.
 
 `--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
 `default` (none), `tuned` (arena_max=1, mmap_threshold=4 GiB, trim_threshold=64 GiB: freed
@@ -149,6 +150,10 @@ def bench_torch(name: str) -> Prepared:
   import torch
 
   mode, batch, hidden, t_steps, features, _ = SETTINGS[name]  # always its nn.LSTM
+  # XLA's CPU code flushes denormal floats to zero; PyTorch does not by default. Like for
+  # like, PyTorch flushes them too: its 784-step LSTM backward creates denormals, which on
+  # an Intel Xeon made it run about 10x slower (docs/performance.md).
+  torch.set_flush_denormal(True)
   torch.manual_seed(0)
 
   class Net(torch.nn.Module):

@@ -81,7 +81,9 @@ def smnist() -> Config:
   04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
   machine (commit 4ecf4e5). Seed 1 (`--seed 1`): 98.39% (validation 98.44%, epoch 11),
   31.2 min without the install (commit 343d486); seed 2: 98.46% (validation 98.54%, epoch
-  11), 31.5 min (commit 901f428). With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a
+  11), 31.5 min (commit 901f428). On a 2-core Intel Xeon (family 6, model 167), from a
+  fresh clone, install included: 97.99% (validation 98.30%, epoch 11), 21.5 min (106-113 s
+  per epoch; commit c098252). With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a
   2-core Intel Xeon (commit 86e6341).
   """
   return Config(name="smnist", task="pixels", cell="lem", hidden_size=128, batch_size=128,
@@ -100,7 +102,9 @@ def psmnist() -> Config:
   commit aa1b102); seed 1: 90.88% (validation 91.64%, epoch 11), 38.5 min without the
   install. Seed 2 (`--seed 2`), fresh clone, install included, on a 2-core AMD EPYC Zen 4:
   90.88% (validation 91.18%, epoch 11), 34.2 min (commit 4e6afcf). Earlier, on the Zen 4:
-  90.65% (validation 91.10%, epoch 11), 37.0 min (commit 372df0a).
+  90.65% (validation 91.10%, epoch 11), 37.0 min (commit 372df0a). On a 2-core Intel Xeon
+  (family 6, model 167), fresh clone, install included: 91.61% (validation 91.70%, epoch
+  11), 21.8 min (108-117 s per epoch; commit c098252).
   """
   return smnist().replace(name="psmnist", task="permuted")
 
