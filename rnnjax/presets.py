@@ -81,11 +81,11 @@ def smnist() -> Config:
   04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
   machine (commit 4ecf4e5). Seed 1 (`--seed 1`): 98.39% (validation 98.44%, epoch 11),
   31.2 min without the install (commit 343d486); seed 2: 98.46% (validation 98.54%, epoch
-  11), 31.5 min (commit 901f428). On a 2-core Intel Xeon (family 6, model 167), from a
-  fresh clone, install included: 97.99% (validation 98.30%, epoch 11), 21.5 min (106-113 s
-  per epoch; commit c098252); seed 1: 98.52% (validation 98.52%, epoch 11), 21.1 min; seed 2:
-  97.80% (validation 98.48%, epoch 9), 20.5 min. With 9 epochs: 97.70% (validation 97.94%), 45.8 min on a
-  2-core Intel Xeon (commit 86e6341).
+  11), 31.5 min (commit 901f428). On a 2-core Intel Xeon (family 6, model 167), from a fresh
+  clone, install included: 97.99% (validation 98.30%, epoch 11), 21.5 min (106-113 s per
+  epoch; commit c098252); seed 1: 98.52% (validation 98.52%, epoch 11), 21.1 min; seed 2:
+  97.80% (validation 98.48%, epoch 9), 20.5 min. With 9 epochs: 97.70% (validation 97.94%),
+  45.8 min on a 2-core Intel Xeon (commit 86e6341).
   """
   return Config(name="smnist", task="pixels", cell="lem", hidden_size=128, batch_size=128,
                 epochs=11, learning_rate=1.8e-3, schedule="cosine", warmup_epochs=0.5,
