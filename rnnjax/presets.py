@@ -30,10 +30,12 @@ def default() -> Config:
   `python experiments/mnist_lstm.py`: 99.33% test accuracy at the best-validation
   checkpoint (epoch 14; 99.25% after epoch 20), 13.0 min from a fresh clone on a 2-core
   Intel Xeon (the CPU kernel, 5,000 images held out, commit ae47b27); 99.38% (epoch 20) in
-  8.6 min from a fresh clone on a 2-core AMD EPYC Zen 4 (commit 4e6afcf). Trained on all
-  60,000 (before the validation split; last epoch's test accuracy): 99.39% in 10.0 min on
-  the Intel Xeon (commit cbbddc9); 99.35%, 99.40%, 99.41% for seeds 0-2 on a 2-core AMD
-  EPYC (the scan, 12.1 min, commit 274ee12).
+  8.6 min from a fresh clone on a 2-core AMD EPYC Zen 4 (commit 4e6afcf); 99.30% (epoch 16,
+  validation 99.32%; 99.35% after epoch 20) in 6.2 min from a fresh clone on a 2-core Intel
+  Xeon, family 6 model 167 (commit 641df2d). Trained on all 60,000 (before the validation
+  split; last epoch's test accuracy): 99.39% in 10.0 min on the Intel Xeon (commit
+  cbbddc9); 99.35%, 99.40%, 99.41% for seeds 0-2 on a 2-core AMD EPYC (the scan, 12.1 min,
+  commit 274ee12).
   """
   return Config(
       name="default", epochs=20, batch_size=100, learning_rate=2e-3, schedule="cosine",
@@ -74,17 +76,18 @@ def smnist() -> Config:
   kernel, the authors' dt 0.21, batch 128 and Adam 1.8e-3 (here as the peak: half an epoch
   of warm-up, then cosine decay), clipping at global norm 1, 13 epochs.
 
-  With 11 epochs (the schedule before, cosine over 11), `python experiments/mnist_lstm.py
-  --preset smnist` from a fresh clone, install included: 98.25% test accuracy at the
-  best-validation checkpoint (epoch 10 of 11, validation 98.40%; validation 66.92, 87.54, 90.38, 94.42, 96.06, 97.14, 97.70, 97.86, 98.10, 98.40,
-  98.28% after epochs 1-11), 31.4 min on a 2-core AMD EPYC Zen 4 (148-170 s per epoch; commit
-  04b56a3). Before the kernel ran on XLA's threads: 98.42% (epoch 11), 36.6 min on the same
-  machine (commit 4ecf4e5). Seed 1 (`--seed 1`): 98.39% (validation 98.44%, epoch 11),
-  31.2 min without the install (commit 343d486); seed 2: 98.46% (validation 98.54%, epoch
-  11), 31.5 min (commit 901f428). On a 2-core Intel Xeon (family 6, model 167), from a fresh
-  clone, install included: 97.99% (validation 98.30%, epoch 11), 21.5 min (106-113 s per
-  epoch; commit c098252); seed 1: 98.52% (validation 98.52%, epoch 11), 21.1 min; seed 2:
-  97.80% (validation 98.48%, epoch 9), 20.5 min. With 9 epochs: 97.70% (validation 97.94%),
+  `python experiments/mnist_lstm.py --preset smnist` from a fresh clone, install included:
+  98.71% test accuracy at the best-validation checkpoint (epoch 13 of 13, validation
+  98.94%), 23.9 min on a 2-core Intel Xeon, family 6 model 167 (100-111 s per epoch; commit
+  57ce641). Seed 1 (`--seed 1`): 98.76% (validation 98.86%, epoch 13), 21.0 min without the
+  install; seed 2: 98.78% (validation 98.96%, epoch 13), 22.3 min. Not yet timed
+  on the AMD EPYCs at 13 epochs; from their 11-epoch runs, about 37 min on the Zen 4 and
+  50-55 min on the Zen 3 (docs/results.md).
+
+  With 11 epochs (cosine over 11): 98.25%, 98.39%, 98.46% for seeds 0-2 (validation
+  98.40-98.54%), 31.2-31.5 min on a 2-core AMD EPYC Zen 4 (commits 04b56a3, 343d486,
+  901f428); 97.99%, 98.52%, 97.80% (validation 98.30-98.52%), 20.5-21.5 min on the Intel
+  Xeon, family 6 model 167 (commit c098252). With 9 epochs: 97.70% (validation 97.94%),
   45.8 min on a 2-core Intel Xeon (commit 86e6341).
   """
   return Config(name="smnist", task="pixels", cell="lem", hidden_size=128, batch_size=128,
