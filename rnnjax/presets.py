@@ -80,9 +80,9 @@ def smnist() -> Config:
   98.71% test accuracy at the best-validation checkpoint (epoch 13 of 13, validation
   98.94%), 23.9 min on a 2-core Intel Xeon, family 6 model 167 (100-111 s per epoch; commit
   57ce641). Seed 1 (`--seed 1`): 98.76% (validation 98.86%, epoch 13), 21.0 min without the
-  install; seed 2: 98.78% (validation 98.96%, epoch 13), 22.3 min. Not yet timed
-  on the AMD EPYCs at 13 epochs; from their 11-epoch runs, about 37 min on the Zen 4 and
-  50-55 min on the Zen 3 (docs/results.md).
+  install; seed 2: 98.78% (validation 98.96%, epoch 13), 22.3 min. Not yet timed on the AMD
+  EPYCs at 13 epochs; from their 11-epoch runs, about 37 min on the Zen 4 and 50-55 min on
+  the Zen 3 (docs/results.md).
 
   With 11 epochs (cosine over 11): 98.25%, 98.39%, 98.46% for seeds 0-2 (validation
   98.40-98.54%), 31.2-31.5 min on a 2-core AMD EPYC Zen 4 (commits 04b56a3, 343d486,
