@@ -9,12 +9,14 @@ accuracy (`selection_metrics`).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -84,11 +86,20 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - a full disk surfaces as many kinds
       # Orbax writes into a temporary folder and deletes old steps only after the rename,
       # so the checkpoints already on disk are intact; the next start removes the leftover.
+      cause = _os_error(e)
+      if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ("The disk is full (or the quota spent): free some space, or use another "
+               "--workdir")
+      elif cause is not None:
+        fix = (f"{cause.strerror or type(cause).__name__}"
+               + (f": {cause.filename}" if cause.filename else "")
+               + "; fix that, or use another --workdir")
+      else:
+        fix = "Fix the cause, or use another --workdir"
       raise CheckpointError(
           f"could not write checkpoint {self.directory / str(step)} ({type(e).__name__}: "
-          f"{_first_line(e)}). The earlier checkpoints are untouched. Is the disk full? Free "
-          "some space (or use another --workdir), then rerun the same command to resume."
-      ) from e
+          f"{_first_line(e)}). The earlier checkpoints are untouched. {fix}, then rerun the "
+          "same command to resume.") from e
 
   def restore(self, abstract_state, step: int | None = None, fallback: bool = False):
     """Restores a checkpoint onto `abstract_state`'s structure.
@@ -112,6 +123,8 @@ class Checkpointer:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         meta = check_meta(restored["meta"])
+        if not all_finite(restored["state"]):
+          raise ValueError("its parameters are not all finite (NaN or infinite values)")
       except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
         if self._holds_other_shapes(s, abstract_state):
           raise CheckpointError(
@@ -220,6 +233,29 @@ def check_meta(meta) -> dict[str, Any]:
                                                           "seconds"))):
     raise ValueError("its record's running totals (partial) are malformed")
   return meta
+
+
+def all_finite(state) -> bool:
+  """Whether every floating-point parameter of `state` (a train state, or a tree of
+  arrays) is finite: a checkpoint that holds NaN or infinite ones is never taken for a good
+  one (to resume, evaluate or predict from)."""
+  params = getattr(state, "params", state)
+  leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+  if not leaves:
+    return True
+  ok = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(leaves)
+  return bool(ok.addressable_data(0))
+
+
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError behind `e` (itself, or in its chain of causes), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _first_line(e: Exception) -> str:

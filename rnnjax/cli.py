@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,28 @@ def make_parser() -> argparse.ArgumentParser:
   return p
 
 
+def checkpoint_choice(text: str) -> str:
+  """An argparse type: `best`, `latest` or a step number (as in checkpoints/<step>)."""
+  if text in ("best", "latest") or (text.isascii() and text.isdigit()):
+    return text
+  raise argparse.ArgumentTypeError(f"expected best, latest or a step number, got {text!r}")
+
+
+checkpoint_choice.__name__ = "checkpoint"
+
+
+class Stopped(Exception):
+  """SIGTERM or SIGHUP reached `evaluate` or `predict` (which write nothing)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+  raise Stopped(signum)
+
+
 def make_inspect_parser(command: str) -> argparse.ArgumentParser:
   what = {"evaluate": "Evaluate a trained run's checkpoint on the test set: loss, accuracy "
                       "and per-class accuracy.",
@@ -122,7 +145,7 @@ def make_inspect_parser(command: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=f"{Path(sys.argv[0]).name} {command}", description=what,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--workdir", default="runs/default", help="the run's workdir")
-  p.add_argument("--checkpoint", default="best",
+  p.add_argument("--checkpoint", default="best", type=checkpoint_choice,
                  help="best (by validation accuracy; the latest where the run held out no "
                       "validation images), latest, or a step number")
   if command == "evaluate":
@@ -148,7 +171,7 @@ def inspect_main(command: str, argv: list[str], preset: str = "default",
     print(f"error: no workdir {workdir}; train first: python experiments/mnist_lstm.py "
           f"--workdir {workdir}", file=sys.stderr)
     return 1
-  from rnnjax import data, inference, parallel, reporting
+  from rnnjax import parallel, reporting
   try:
     parallel.devices()  # JAX_PLATFORMS naming a platform this machine lacks
   except parallel.ParallelError as e:
@@ -158,6 +181,29 @@ def inspect_main(command: str, argv: list[str], preset: str = "default",
   if state is not None and terminal is not sys.stderr:
     state["log"] = workdir / "library.log"
   reporting.set_console(terminal)
+  import signal
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM,
+                                                                    signal.SIGHUP)}
+  try:
+    return _inspect(command, args, workdir, terminal)
+  except (KeyboardInterrupt, Stopped) as e:
+    signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+    try:
+      print(f"\n{command} stopped by {signal.Signals(signum).name}; nothing was written",
+            file=terminal, flush=True)
+    except OSError:
+      pass  # the terminal is gone
+    return 128 + signum
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def _inspect(command: str, args, workdir: Path, terminal) -> int:
+  """evaluate or predict, once the workdir and the terminal are set up."""
+  from rnnjax import data, inference, reporting
   try:
     if command == "predict":
       images = inference.load_images(args.images)  # bad files fail before the restore
@@ -231,7 +277,8 @@ def library_output_to(workdir: Path):
   be made, changes nothing and returns stderr (the run then explains)."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    log_fd = os.open(workdir / "library.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_fd = os.open(workdir / "library.log",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
   except OSError:
     return sys.stderr
   sys.stderr.flush()

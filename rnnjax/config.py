@@ -351,12 +351,18 @@ def __getattr__(name: str):
 
 def shape_differences(old: dict[str, Any], new: Config) -> list[str]:
   """Fields in `SHAPE_FIELDS` where a stored config dict and `new` disagree (and the
-  pixel order, for the permuted task, and the validation split)."""
+  pixel order, for the permuted task, the dataset and the validation split): what a run
+  cannot change on resume."""
   out = []
   fields = SHAPE_FIELDS + (("permutation_seed",) if new.task == "permuted" else ())
   for f in fields:
     if f in old and old[f] != getattr(new, f):
       out.append(f"{f}: {old[f]!r} in the workdir, {getattr(new, f)!r} now")
+  # Another dataset has the same shapes, but its images would be trained on, and ranked for
+  # the best checkpoint, beside the first one's.
+  if "dataset" in old and old["dataset"] != new.dataset:
+    out.append(f"dataset: {old['dataset']!r} in the workdir, {new.dataset!r} now (epochs of "
+               "one dataset cannot be resumed or ranked with another's)")
   # The held-out images must stay held out (a workdir from before the field trained on all).
   if old and old.get("validation_size", 0) != new.validation_size:
     out.append(f"validation_size: {old.get('validation_size', 0)!r} in the workdir, "

@@ -63,6 +63,11 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
     config = workdir_lib.current_config(workdir)
   except workdir_lib.WorkdirError as e:
     raise InferenceError(str(e)) from None
+  try:
+    workdir_lib.recorded_configs(workdir)
+  except workdir_lib.WorkdirError as e:  # configs.jsonl gave the config: say why
+    print(f"warning: {str(e).split(';')[0]}; using the config recorded in "
+          f"{workdir_lib.CONFIGS_FILE}", file=reporting.console(), flush=True)
   if config.lstm_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
     config = config.replace(lstm_kernel="auto")
   from rnnjax import train  # the loop's own reading of the workdir's task

@@ -47,7 +47,9 @@ import glob
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -130,9 +132,82 @@ def cache_dir() -> Path:
               or Path.home() / ".cache" / "rnnjax")
 
 
+def _private_folder(folder: Path) -> str | None:
+  """Makes `folder` (and any missing parent) private to this user (0700, whatever the
+  umask) when it does not exist; returns why it cannot be trusted to hold code this
+  process runs (not a folder, another owner, writable by group or others), or None.
+
+  A library in a folder someone else can write may be theirs: its start-up code would run
+  in this process. Only the folder and the library are checked, as for a program's own
+  files; a folder above that others can rename is theirs to guard."""
+  missing = []
+  p = folder
+  while not p.exists() and not p.is_symlink() and p != p.parent:
+    missing.append(p)
+    p = p.parent
+  try:
+    for q in reversed(missing):
+      q.mkdir(mode=0o700)
+      os.chmod(q, 0o700)
+    st = folder.stat()
+  except OSError as e:
+    return f"cannot make the kernel cache {folder} ({e.strerror})"
+  fix = ("; point $RNNJAX_KERNEL_CACHE at a folder of your own that only you can write (or "
+         "unset it for ~/.cache/rnnjax)")
+  if not stat.S_ISDIR(st.st_mode):
+    return f"the kernel cache {folder} is not a folder" + fix
+  if st.st_uid != os.geteuid():
+    return (f"the kernel cache {folder} belongs to another user (uid {st.st_uid}), who could "
+            "place code there that rnnjax would run" + fix)
+  if st.st_mode & 0o022:
+    return (f"the kernel cache {folder} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), who could place code there that rnnjax would "
+            f"run; make it private (chmod go-w {folder}), or" + fix[1:])
+  return None
+
+
+def _digest(path: Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_library(path: Path) -> str | None:
+  """None when `path` is the library this cache built (a private regular file of this
+  user's whose SHA-256 is the one recorded beside it at build time), else what is wrong."""
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return "missing"
+  if not stat.S_ISREG(st.st_mode):
+    return "is not a regular file"
+  if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    return "is not a private file of this user's"
+  try:
+    recorded = path.with_name(path.name + ".sha256").read_text().strip()
+  except OSError:
+    return "has no recorded checksum"
+  if _digest(path) != recorded:
+    return "does not match its recorded checksum (damaged, truncated or replaced)"
+  return None
+
+
+def _note(message: str) -> None:
+  from rnnjax import reporting
+  print(f"note: {message}", file=reporting.console(), flush=True)
+
+
+def _compiler() -> list[str] | str:
+  """The C++ compiler's command (`$CXX` may carry words: `ccache g++`), or why none."""
+  cxx = shlex.split(os.environ.get("CXX") or "") or [shutil.which("g++") or
+                                                     shutil.which("c++") or ""]
+  if not cxx[0] or not shutil.which(cxx[0]):
+    return "no C++ compiler found (install g++, or set $CXX)"
+  return cxx
+
+
 def _build(onednn: bool = True) -> Path | str:
-  """The compiled library (building it when missing), or why it cannot be built. With
-  `onednn` (and oneDNN installed) it can run its matmuls on oneDNN as well as MKL."""
+  """The compiled library (building it when missing, damaged or not the one recorded), or
+  why it cannot be built or trusted. With `onednn` (and oneDNN installed) it can run its
+  matmuls on oneDNN as well as MKL."""
   if sys.platform != "linux" or platform.machine() != "x86_64":
     return f"the CPU kernel is built for x86-64 Linux only (this is {sys.platform} " \
            f"{platform.machine()})"
@@ -140,36 +215,50 @@ def _build(onednn: bool = True) -> Path | str:
   if isinstance(mkl, str):
     return mkl
   include, lib = mkl
-  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-  if not cxx or not shutil.which(cxx):
-    return "no C++ compiler found (install g++, or set $CXX)"
+  cxx = _compiler()
+  if isinstance(cxx, str):
+    return cxx
   dnnl = _onednn() if onednn else None
   import jaxlib
   key = hashlib.sha256("\n".join([
-      SOURCE.read_text(), jaxlib.__version__, str(lib), str(dnnl), cxx, " ".join(FLAGS),
-      _cpu_signature()]).encode()).hexdigest()[:16]
+      SOURCE.read_text(), jaxlib.__version__, str(lib), str(dnnl), " ".join(cxx),
+      " ".join(FLAGS), _cpu_signature()]).encode()).hexdigest()[:16]
   out = cache_dir() / f"lstm_cpu-{key}.so"
-  if out.exists():
-    return out
-  cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o",
+  untrusted = _private_folder(out.parent)
+  if untrusted:
+    return untrusted
+  cmd = [*cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE), "-o",
          None, f"-L{lib.parent}", f"-l:{lib.name}", f"-Wl,-rpath,{lib.parent}", "-lpthread"]
   if dnnl:
     cmd += ["-DRNNJAX_ONEDNN", "-fopenmp", f"-I{dnnl[0]}", str(dnnl[1]),
             f"-Wl,-rpath,{dnnl[1].parent}"]
   try:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # One build at a time (parallel test workers, several processes of one run).
-    with open(out.parent / ".lock", "w") as lock:
+    # One build at a time (parallel test workers, several processes of one run). The lock
+    # file is never followed through a link.
+    lock = os.open(out.parent / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(lock, "w"):
       fcntl.flock(lock, fcntl.LOCK_EX)
-      if out.exists():
+      problem = _check_library(out)
+      if problem is None:
         return out
-      fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+      if problem != "missing":
+        _note(f"the cached CPU kernel {out} {problem}; building it again")
+        out.unlink()
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # 0600
       os.close(fd)
       cmd[cmd.index(None)] = tmp
       r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
       if r.returncode != 0:
         os.unlink(tmp)
-        return f"compiling {SOURCE.name} failed: {(r.stderr or r.stdout).strip()[-500:]}"
+        said = (r.stderr or r.stdout).strip()[-500:] or "it printed nothing"
+        return (f"compiling {SOURCE.name} with {' '.join(cxx)} failed (exit status "
+                f"{r.returncode}): {said}")
+      os.chmod(tmp, 0o600)  # the linker made it executable for all: private, as its folder
+      record = out.with_name(out.name + ".sha256")
+      fd, tmp_record = tempfile.mkstemp(dir=out.parent)
+      with os.fdopen(fd, "w") as f:
+        f.write(_digest(Path(tmp)) + "\n")
+      os.replace(tmp_record, record)
       os.replace(tmp, out)
   except (OSError, subprocess.SubprocessError) as e:
     return f"building the CPU kernel in {out.parent} failed: {e}"
@@ -221,7 +310,8 @@ def _load() -> ctypes.CDLL | str:
     try:
       lib = ctypes.CDLL(str(built))
     except OSError as e:
-      built = f"loading {built} failed: {e}"
+      built = (f"loading {built} failed: {e}; delete it (or its folder) and rerun to build "
+               "it again")
   if lib is None and _onednn():  # then without oneDNN: MKL alone
     fallback = _build(onednn=False)
     try:

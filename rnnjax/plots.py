@@ -132,12 +132,18 @@ def row_by_row(image: np.ndarray, probs: np.ndarray, label: int | None = None):
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-  """Writes `fig` as PNG through a temporary file and a rename, then closes it."""
+  """Writes `fig` as PNG through a temporary file and a rename, then closes it. A failed
+  write (a full disk) leaves the previous figure and no temporary file."""
   path = Path(path)
   tmp = path.with_name(path.name + ".tmp.png")
-  fig.savefig(tmp, dpi=dpi)
-  os.replace(tmp, path)
-  _plt().close(fig)
+  try:
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  finally:
+    _plt().close(fig)
   return path
 
 

@@ -87,31 +87,87 @@ def epoch_line(r: dict[str, Any]) -> str:
           f"{r['seconds']:.1f}s{norm}")
 
 
+def json_safe(obj: Any) -> Any:
+  """`obj` with every non-finite float (a diverged loss, an overflowed norm) as None, so that
+  what rnnjax writes is JSON every reader takes (a bare `NaN` is not JSON)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  return obj
+
+
+def dumps(obj: Any, **kw) -> str:
+  return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False, **kw)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-  """Writes JSON via a temporary file and a rename, so a reader never sees half a file."""
+  """Writes JSON via a temporary file and a rename, so a reader never sees half a file. A
+  failed write (a full disk) leaves no temporary file behind."""
+  _write_atomic(path, dumps(obj, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def repair_jsonl(path: Path) -> int:
+  """Cuts a half-written last line (a write stopped by a crash or a full disk) off the
+  append-only file `path`, so that the next line starts on a line of its own. Returns the
+  number of bytes cut; says so on the console when any were."""
+  try:
+    with open(path, "rb") as f:
+      size = f.seek(0, os.SEEK_END)
+      if size == 0:
+        return 0
+      f.seek(size - 1)
+      if f.read(1) == b"\n":
+        return 0
+      f.seek(0)
+      keep = f.read().rfind(b"\n") + 1
+  except FileNotFoundError:
+    return 0
+  os.truncate(path, keep)
+  print(f"warning: {path} ended in a half-written line ({size - keep} bytes); removed it",
+        file=console(), flush=True)
+  return size - keep
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+  """Appends one line to `path`, after repairing a half-written last line."""
+  repair_jsonl(path)
   with open(path, "a") as f:
-    f.write(json.dumps(record, sort_keys=True) + "\n")
+    f.write(dumps(record) + "\n")
     f.flush()
     os.fsync(f.fileno())
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
   """Replaces `path` with `records`, one JSON object per line (atomically)."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-  os.replace(tmp, path)
+  _write_atomic(path, "".join(dumps(r) + "\n" for r in records))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+  """The lines of `path` as JSON values; a half-written last line (no newline, not JSON) is
+  left out. A damaged complete line raises ValueError."""
   if not Path(path).exists():
     return []
-  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+  text = Path(path).read_text()
+  lines = text.splitlines()
+  if lines and not text.endswith("\n"):
+    try:
+      json.loads(lines[-1])
+    except ValueError:
+      lines = lines[:-1]
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 class RunWriter:
@@ -165,7 +221,7 @@ def unexpected_error(command: str, log_path: Path | None = None) -> int:
   """The error boundary of a command, called in its `except Exception:` block.
 
   Writes the traceback to `log_path` (the workdir's library.log) or, without one, to a new
-  file in the temporary folder, prints one `error:` line to the console naming what failed
+  private file of a fresh name in the temporary folder, prints one `error:` line to the console naming what failed
   and where the traceback is, and returns the exit status, 1. A bug, or a case rnnjax does
   not handle yet, so never an empty terminal and never a wall of frames.
   """
@@ -175,15 +231,21 @@ def unexpected_error(command: str, log_path: Path | None = None) -> int:
   text = f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {command}: unexpected error\n"
   text += traceback.format_exc()
   where = None
-  fallback = Path(tempfile.gettempdir()) / f"rnnjax-{command}-{os.getpid()}.log"
-  for candidate in ([Path(log_path)] if log_path else []) + [fallback]:
+  if log_path:
     try:
-      with open(candidate, "a") as f:
+      with open(log_path, "a") as f:
         f.write(text)
-      where = candidate
-      break
+      where = Path(log_path)
     except OSError:
-      continue
+      pass
+  if where is None:  # a new file of our own: mkstemp never follows nor reuses a name
+    try:
+      fd, name = tempfile.mkstemp(prefix=f"rnnjax-{command}-", suffix=".log")
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+      where = Path(name)
+    except OSError:
+      pass
   lines = str(exc).strip().splitlines()
   what = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
   told = (f"the full traceback is in {shown(where)}" if where else

@@ -76,9 +76,24 @@ def dropout_key(config) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
+# Above this largest logit, optax's `logsumexp(z) - z[label]` loses the loss to rounding
+# (at 1e31, float32's spacing is 1e24: equal logits gave a loss of 0, not log C).
+HUGE_LOGIT = 1024.0
+
+
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  """Softmax cross-entropy per example: `<f32>[b, C], <i32>[b] -> <f32>[b]`."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  """Softmax cross-entropy per example: `<f32>[b, C], <i32>[b] -> <f32>[b]`.
+
+  optax's form, bit for bit, where the largest logit is below `HUGE_LOGIT` in magnitude
+  (every healthy model: recorded runs stay reproducible); above it, the same loss from the
+  logits less their maximum, which stays right for any finite logits. Both forms have the
+  same gradient."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  shifted = logits - top
+  label = jnp.take_along_axis(shifted, labels[..., None], axis=-1)[..., 0]
+  stable = jax.nn.logsumexp(shifted, axis=-1) - label
+  return jnp.where(jnp.abs(top[..., 0]) < HUGE_LOGIT, ce, stable)
 
 
 def compute_metrics(logits: jnp.ndarray, labels: jnp.ndarray,

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,20 +40,34 @@ check_workdir = workdir_lib.check
 def load_task(workdir: Path, config: Config) -> data.Task:
   """The run's task. For `permuted`, the pixel order stored in `workdir/permutation.json`
   when there is one (a resumed or evaluated run reads pixels as it was trained), else the
-  one drawn from `config.permutation_seed` (`store_task` writes it)."""
+  one drawn from `config.permutation_seed` (`store_task` writes it). A stored order must be
+  784 distinct integers recorded with `config.permutation_seed`; one that this NumPy would
+  not draw from that seed is used with a warning."""
   if config.task != "permuted":
     return data.make_task(config.task)
   stored = workdir / PERMUTATION_FILE
+  drawn = data.make_task("permuted", config.permutation_seed)
   if not stored.exists():
-    return data.make_task("permuted", config.permutation_seed)
+    return drawn
+  fix = ("the run's checkpoints only make sense with their own pixel order. Restore the "
+         "file, or train in a new --workdir.")
   try:
     d = json.loads(stored.read_text())
-    return data.make_task("permuted", permutation=d["permutation"])
+    order, seed = d["permutation"], d["permutation_seed"]
+    if not (isinstance(order, list) and all(type(i) is int for i in order)
+            and sorted(order) == list(range(len(drawn.permutation)))):
+      raise ValueError("its permutation is not the 784 pixel indices as integers")
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise WorkdirError(
-        f"{stored} is unreadable or not a permutation of the 784 pixels ({e}); the run's "
-        "checkpoints only make sense with their own pixel order. Restore the file, or train "
-        "in a new --workdir.") from None
+    raise WorkdirError(f"{stored} is unreadable or not a permutation of the 784 pixels ({e}); "
+                       + fix) from None
+  if seed != config.permutation_seed:
+    raise WorkdirError(f"{stored} holds the pixel order of permutation_seed {seed!r}, not "
+                       f"{config.permutation_seed}; " + fix)
+  if order != drawn.permutation.tolist():  # the stored order is what the run trained with
+    _warn(f"warning: {stored} holds another order than permutation_seed {seed} draws here "
+          "(another NumPy, or an edited file); the run reads pixels in the stored order, as "
+          "its checkpoints were trained")
+  return data.make_task("permuted", permutation=order)
 
 
 def store_task(workdir: Path, config: Config, task: data.Task) -> None:
@@ -94,7 +109,7 @@ def evaluate(eval_step: Callable, state, split: data.Split, batch_size: int,
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; the position was checkpointed. Rerun to resume."""
+  """SIGTERM, SIGINT or SIGHUP arrived; the position was checkpointed. Rerun to resume."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)
@@ -102,8 +117,8 @@ class Preempted(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-  """SIGTERM or SIGINT arrived before training began (while loading or preparing data,
-  restoring, compiling): the run stopped at once, leaving the workdir as it was."""
+  """SIGTERM, SIGINT or SIGHUP arrived before training began (while loading or preparing
+  data, restoring, compiling): the run stopped at once, leaving the workdir as it was."""
 
   def __init__(self, signum: int):
     super().__init__(f"stopped by {signal.Signals(signum).name} before training began; "
@@ -112,20 +127,24 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-  """Turns SIGTERM and SIGINT into a request to stop after the current call of the step
-  function (at most `Config.steps_per_call` steps).
+  """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal, a dropped ssh session) into a
+  request to stop after the current call of the step function (at most
+  `Config.steps_per_call` steps).
 
   While `immediate` is set (before the training loop: data preparation, restore), SIGINT
   raises `Interrupted` at once instead (a notebook's interrupt stays an exception), and
-  SIGTERM ends the process at once: `on_terminate` runs (removing tfds's unfinished folder),
-  one line says why, exit status 143. (Raising inside tfds's preparation can leave its
-  worker threads waiting at exit: seen as a hang under load.) A second SIGINT (Ctrl-C twice)
-  raises KeyboardInterrupt at once: the run then resumes from its last checkpoint. Handlers
-  are installed only in the main thread and restored on exit, so a notebook kernel gets its
+  SIGTERM or SIGHUP ends the process at once: `on_terminate` runs (stopping tfds's
+  preparation and removing its unfinished folders), one line says why, exit status 128 +
+  the signal's number. (Raising inside tfds's preparation can leave its worker threads
+  waiting at exit: seen as a hang under load.) A second SIGINT (Ctrl-C twice) raises
+  KeyboardInterrupt at once: the run then resumes from its last checkpoint. After SIGHUP,
+  output to a terminal that is gone is dropped rather than failing the save. Handlers are
+  installed only in the main thread and restored on exit, so a notebook kernel gets its
   own back.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+  ENDS_AT_ONCE = (signal.SIGTERM, signal.SIGHUP)  # while `immediate`
 
   def __init__(self, immediate: bool = False, on_terminate: Callable[[], Any] | None = None):
     self.signum: int | None = None
@@ -143,24 +162,28 @@ class StopSignals:
         os._exit(128 + signum)
 
   def _handle(self, signum, frame):
-    if self.immediate and signum == signal.SIGTERM:
+    if self.immediate and signum in self.ENDS_AT_ONCE:
       self._terminate(signum)
     if self.immediate:
       raise Interrupted(signum)
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
-    print(f"\n{signal.Signals(signum).name}: stopping after the current steps and saving a "
-          "checkpoint (Ctrl-C again to stop at once)", file=reporting.console(), flush=True)
+    try:
+      print(f"\n{signal.Signals(signum).name}: stopping after the current steps and saving a "
+            "checkpoint (Ctrl-C again to stop at once)", file=reporting.console(), flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): nobody reads it now; save regardless
+      _drop_terminal_output()
 
   def _watch(self, fd: int):
     """A Python handler runs only when the main thread next runs Python, which a long call
     into a library (tfds preparing data) can delay for minutes. The signal's number also
-    reaches this thread at once, through the wakeup fd: SIGTERM while `immediate` ends the
-    process from here."""
+    reaches this thread at once, through the wakeup fd: SIGTERM or SIGHUP while `immediate`
+    ends the process from here."""
     while chunk := os.read(fd, 64):
-      if self.immediate and signal.SIGTERM in chunk:
-        self._terminate(signal.SIGTERM)
+      for signum in self.ENDS_AT_ONCE:
+        if self.immediate and signum in chunk:
+          self._terminate(signum)
     os.close(fd)
 
   def __enter__(self):
@@ -232,9 +255,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                                mesh)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     cleanup.callback(ckpt.close)
-    state, position = _restore(ckpt, state, mesh, log)
+    state, position = _restore(ckpt, state, mesh, log, config)
     history = position.history
     if position.epoch >= config.epochs:
+      if main:
+        _repair_metrics(workdir, history)
       log(f"run already finished: {position.epoch} of {config.epochs} epochs in {workdir}")
       return state, history
     # Data only when there is training to do, before anything is written (a data error
@@ -257,7 +282,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
       record, confusion = evaluate_epoch(ctx, state, epoch, totals, t0, train_seconds)
       history.append(record)
       ckpt.save(record["step"], state,
-                checkpointing.Position(epoch + 1, 0, None, history).to_meta(),
+                _meta(checkpointing.Position(epoch + 1, 0, None, history), config),
                 metrics=checkpointing.selection_metrics(record))
       writer.write_epoch(record, confusion)
       if stop.signum is not None and epoch + 1 < config.epochs:
@@ -296,13 +321,21 @@ def _check_before_work(config: Config, workdir: Path):
   return mesh, parallel.is_main_process()
 
 
-def _restore(ckpt: checkpointing.Checkpointer, state, mesh, log):
+def _meta(position: checkpointing.Position, config: Config) -> dict[str, Any]:
+  """A checkpoint's record: its position, and the config it was trained under (what a
+  resume is checked against when the workdir's own record is gone)."""
+  return {**position.to_meta(), "config": config.to_dict()}
+
+
+def _restore(ckpt: checkpointing.Checkpointer, state, mesh, log, config: Config):
   """The newest readable checkpoint onto this mesh (any earlier topology), and its
-  position; a fresh run's state and position 0 when there is none."""
+  position; a fresh run's state and position 0 when there is none. WorkdirError when that
+  checkpoint was trained with another model, task, dataset or data split."""
   restored = ckpt.restore(parallel.abstract_replicated(state, mesh))
   if restored is None:
     return state, checkpointing.Position()
   state, meta, step = restored
+  workdir_lib.check_checkpoint_record(meta, config, str(ckpt.directory / str(step)))
   position = checkpointing.Position.from_meta(meta)
   where = (f", {position.epoch_step} steps into epoch {position.epoch + 1}"
            if position.epoch_step else "")
@@ -348,8 +381,8 @@ def train_epoch(ctx: Context, state, epoch: int, first: int, partial: dict | Non
     i = call.start + done
     if i < ctx.steps_per_epoch and (call.save or stopping):
       reader.totals["seconds"] = time.perf_counter() - t0
-      ctx.ckpt.save(base + i, state, checkpointing.Position(
-          epoch, i, reader.totals, history).to_meta())
+      ctx.ckpt.save(base + i, state, _meta(checkpointing.Position(
+          epoch, i, reader.totals, history), c))
       if stopping:
         progress.close()
         raise _preempted(ctx.stop.signum, ctx.ckpt, epoch, i, ctx.steps_per_epoch, base + i)
@@ -406,6 +439,33 @@ def evaluate_epoch(ctx: Context, state, epoch: int, totals: dict, t0: float,
       "images_per_second": totals["count"] / train_seconds,
       "seconds": time.perf_counter() - t0})
   return record, confusion
+
+
+def _repair_metrics(workdir: Path, history: list[dict[str, Any]]) -> None:
+  """Rewrites a finished run's metrics.jsonl from its last checkpoint's history when the
+  file no longer holds it (a half-written line, a damaged or missing file)."""
+  path = workdir / workdir_lib.METRICS_FILE
+  try:
+    intact = [r for r in reporting.read_jsonl(path) if not r.get("diverged")] == \
+        reporting.json_safe(history) and path.read_bytes().endswith(b"\n")
+  except (OSError, ValueError, AttributeError):
+    intact = False
+  if not intact:
+    reporting.write_jsonl(path, history)
+    _warn(f"warning: {path} did not hold the run's {len(history)} epochs; rewrote it from "
+          "the last checkpoint")
+
+
+def _drop_terminal_output() -> None:
+  """Points stdout and the console at /dev/null: their terminal is gone, and a write to it
+  would fail the run before its checkpoint is saved."""
+  null = os.open(os.devnull, os.O_WRONLY)
+  for stream in {sys.stdout, reporting.console()}:
+    try:
+      os.dup2(null, stream.fileno())
+    except (OSError, ValueError, AttributeError):
+      pass
+  os.close(null)
 
 
 def _warn(message: str) -> None:

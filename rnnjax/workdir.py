@@ -117,32 +117,107 @@ def _read_holder(fd: int) -> str:
 # ----------------------------------------------------------------------------------------
 # Checks before anything is written.
 
+# Room below checkpoints/ for the deepest path Orbax writes while saving a step (its
+# temporary folder name, then state/ocdbt.process_N/d/<32 hex digits>), with a margin.
+CHECKPOINT_PATH_ROOM = 160
+
+
 def check(workdir: Path, config: Config) -> None:
-  """Creates `workdir` if needed and checks that it is writable, that its files are of the
-  right kind, and that a stored config describes the same model shapes as `config`."""
+  """Creates `workdir` if needed and checks, before any work, that it and its checkpoints/
+  folder are writable, that its files are of the right kind, and that the run's record
+  (config.json and configs.jsonl) describes the same model, task, dataset and data split
+  as `config`. (The checkpoint being resumed is checked against `config` once restored:
+  `check_checkpoint_record`.)"""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_test.{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
+    if e.errno == errno.ENAMETOOLONG:
+      raise WorkdirError(f"the path of workdir {str(workdir)!r} is too long for this file "
+                         "system; use a --workdir with a shorter path.") from None
     raise WorkdirError(f"workdir {str(workdir)!r} is not writable ({e.strerror}). Choose "
                        "another --workdir or fix its permissions.") from None
   for name, folder in ((CHECKPOINTS, True), (CONFIG_FILE, False), (CONFIGS_FILE, False),
                        (METRICS_FILE, False), (PERMUTATION_FILE, False)):
     path = workdir / name
-    if path.exists() and path.is_dir() != folder:
+    if (path.exists() or path.is_symlink()) and path.is_dir() != folder:
       kind = "a folder" if folder else "a file"
       raise WorkdirError(f"{path} is not {kind}; rnnjax keeps its {name} there. Move it "
                          "away, or use another --workdir. Nothing was written.")
-  stored = workdir / CONFIG_FILE  # the shapes never change during a run: the first config
-  if stored.exists():
-    diffs = shape_differences(_read_config_dict(stored), config)
+  for source, stored in recorded_configs(workdir):
+    diffs = shape_differences(stored, config)
     if diffs:
       raise WorkdirError(
-          f"workdir {str(workdir)!r} holds a run with a different model or data split ("
-          + "; ".join(diffs) + "). Its checkpoints cannot be resumed with this config: "
-          "use a new --workdir, or the same settings as before.")
+          f"workdir {str(workdir)!r} holds a run that does not fit this config's model, task "
+          "or data (" + "; ".join(diffs) + f"; as its {source} records). Its checkpoints "
+          "cannot be resumed with this config. Use a new --workdir, or the same settings as "
+          "before.")
+  check_checkpoints_writable(workdir / CHECKPOINTS)
+
+
+def check_checkpoints_writable(folder: Path) -> None:
+  """That checkpoints can be written into `folder` (created if missing): a file can be made
+  there, its path leaves room for Orbax's files, and no file or link sits where a step's
+  folder goes. WorkdirError names the cause."""
+  fix = "Fix it, or use another --workdir; nothing was written."
+  try:
+    folder.mkdir(exist_ok=True)
+    probe = folder / f".write_test.{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    why = "not writable" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "unusable"
+    raise WorkdirError(f"checkpoints cannot be written in {folder}: it is {why} "
+                       f"({e.strerror}). {fix}") from None
+  absolute = len(os.fsencode(folder.absolute()))
+  try:
+    path_max = os.pathconf(folder, "PC_PATH_MAX")
+  except (OSError, ValueError):
+    path_max = 4096
+  if absolute + CHECKPOINT_PATH_ROOM > path_max:
+    raise WorkdirError(
+        f"the path of {folder} is too long for checkpoints ({absolute} bytes; the files "
+        f"Orbax writes below it need about {CHECKPOINT_PATH_ROOM} more, and this file system "
+        f"takes at most {path_max}). Use a --workdir with a shorter path; nothing was written.")
+  for entry in folder.iterdir():
+    if entry.name.split(".")[0].isdigit() and (entry.is_symlink() or not entry.is_dir()):
+      kind = "a symbolic link" if entry.is_symlink() else "a file"
+      raise WorkdirError(f"{entry} is {kind}, where a checkpoint's folder goes. Move it "
+                         f"away. {fix}")
+
+
+def recorded_configs(workdir: Path) -> list[tuple[str, dict[str, Any]]]:
+  """(source, config dict) for each record of the run's config in `workdir`: config.json
+  (the first; WorkdirError when damaged) and the newest line of configs.jsonl."""
+  out = []
+  if (workdir / CONFIG_FILE).exists():
+    out.append((CONFIG_FILE, _read_config_dict(workdir / CONFIG_FILE)))
+  lines = _configs_lines(workdir / CONFIGS_FILE)
+  if lines:
+    out.append((CONFIGS_FILE, lines[-1]["config"]))
+  return out
+
+
+def check_checkpoint_record(meta: dict[str, Any], config: Config, where: str) -> None:
+  """That the checkpoint `where`, whose record is `meta`, was trained as `config` trains: the
+  config it holds, or (a checkpoint written before records held one) the validation split
+  its history shows. WorkdirError when not."""
+  stored = meta.get("config")
+  if isinstance(stored, dict):
+    diffs = shape_differences(stored, config)
+  else:
+    history = meta.get("history") or []
+    held_out = history[-1].get("val_count", 0) if history else config.validation_size
+    diffs = [] if held_out == config.validation_size else [
+        f"validation_size: {held_out!r} in the checkpoint, {config.validation_size!r} now "
+        "(the validation images must never be trained on)"]
+  if diffs:
+    raise WorkdirError(
+        f"checkpoint {where} does not fit this config's model, task or data ("
+        + "; ".join(diffs) + "; as its record says). It cannot be resumed with this config. "
+        "Use a new --workdir, or the same settings as before.")
 
 
 def _read_config_dict(path: Path) -> dict[str, Any]:
@@ -158,17 +233,22 @@ def _read_config_dict(path: Path) -> dict[str, Any]:
   return d
 
 
+def _configs_lines(path: Path) -> list[dict[str, Any]]:
+  """configs.jsonl's records (a half-written last line left out); [] when absent or
+  damaged."""
+  if not path.is_file():
+    return []
+  try:
+    return [r for r in reporting.read_jsonl(path)
+            if isinstance(r, dict) and isinstance(r.get("config"), dict)]
+  except (OSError, ValueError):
+    return []  # damaged: config.json still says how the run started
+
+
 def configs(workdir: Path) -> list[dict[str, Any]]:
   """Every config the run was trained under, oldest first, as configs.jsonl lines; a
   workdir with only config.json (or an older one) gives that one, from epoch 0."""
-  path = workdir / CONFIGS_FILE
-  lines = []
-  if path.is_file():
-    try:
-      lines = [r for r in reporting.read_jsonl(path)
-               if isinstance(r, dict) and isinstance(r.get("config"), dict)]
-    except (OSError, ValueError):
-      lines = []  # damaged: config.json still says how the run started
+  lines = _configs_lines(workdir / CONFIGS_FILE)
   if not lines and (workdir / CONFIG_FILE).is_file():
     lines = [{"epoch": 0, "epoch_step": 0, "step": 0, "changes": {},
               "config": _read_config_dict(workdir / CONFIG_FILE)}]
@@ -226,11 +306,8 @@ def record_start(workdir: Path, config: Config, epoch: int, epoch_step: int, ste
             f"{k}: {a!r} -> {b!r}" for k, (a, b) in told.items()) + f"); they apply from "
             f"{where} on, and {workdir / CONFIGS_FILE} records what each epoch ran under.")
     lines.append(line)
-  if lines:
-    with open(workdir / CONFIGS_FILE, "a") as f:
-      f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in lines))
-      f.flush()
-      os.fsync(f.fileno())
+  for line in lines:
+    reporting.append_jsonl(workdir / CONFIGS_FILE, line)
 
 
 def describe_configs(workdir: Path) -> str | None:

@@ -131,3 +131,17 @@ def test_invalid_values_leave_the_workdir_alone(good_workdir, args):
   before = snapshot(good_workdir)
   r = run_cli("--workdir", good_workdir, *TINY, *args)
   check_refused(r, good_workdir, before, "usage:", "error:", code=2)
+
+
+def test_an_unwritable_checkpoints_folder_is_named_before_any_training(good_workdir):
+  """checkpoints/ itself unwritable (the workdir above it is fine): refused before the first
+  step, naming the folder and the cause, and never blaming a full disk."""
+  before = snapshot(good_workdir)
+  unlock = lock(good_workdir / "checkpoints")
+  try:
+    r = run_cli("--workdir", good_workdir, *TINY)
+  finally:
+    unlock()
+  check_refused(r, good_workdir, before, "checkpoints cannot be written in",
+                "checkpoints: it is not writable", "nothing was written")
+  assert "disk" not in r.stderr and "epoch   1" not in r.stdout

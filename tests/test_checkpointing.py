@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from rnnjax import checkpointing, steps
 
@@ -47,3 +48,42 @@ def test_keeps_latest_and_best_by_validation_never_by_test(tiny_config, tmp_path
 def test_no_checkpoint_gives_none(tiny_config, tmp_path):
   state = steps.create_train_state(tiny_config, jax.random.key(0))
   assert checkpointing.Checkpointer(tmp_path / "ck").restore(state) is None
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_never_taken_for_a_good_one(tmp_path,
+                                                                              tiny_splits):
+  """A readable checkpoint whose parameters are NaN (or infinite) is unreadable for every
+  purpose: evaluate and predict fall back to the newest good one or refuse it by number,
+  and a resumed run sets it aside and continues from the good one."""
+  import json
+  from rnnjax import config as config_lib
+  from rnnjax import inference, train
+  tiny = config_lib.get_config("tiny").replace(epochs=2)  # steps 4 and 8
+  workdir = tmp_path / "w"
+  train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints")
+  state, meta, _ = ckpt.restore(checkpointing.abstract_like(
+      steps.create_train_state(tiny, jax.random.key(0))))
+  for bad in (np.nan, np.inf):
+    broken = state.replace(params=jax.tree.map(lambda p: p * bad, state.params))
+    assert not checkpointing.all_finite(broken)
+  assert checkpointing.all_finite(state)
+  history = meta["history"] + [dict(meta["history"][-1], epoch=3, step=12)]
+  ckpt.save(12, state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params)),
+            dict(meta, epoch=3, history=history))
+  ckpt.close()
+
+  run = inference.load_run(workdir, "latest")
+  assert run.step == 8 and run.skipped == [12]
+  assert run.which == "8, the newest readable one, in place of latest (12, unreadable)"
+  with pytest.raises(inference.InferenceError, match=r"no checkpoint under .* could be read "
+                     r"\(tried steps 12\)"):
+    inference.load_run(workdir, "12")
+  lines = []
+  _, history = train.train_and_evaluate(tiny.replace(epochs=3), workdir, tiny_splits,
+                                        log=lines.append)
+  assert "(epoch 2, step 8)" in lines[0] and [r["step"] for r in history] == [4, 8, 12]
+  assert (workdir / "unreadable_checkpoints" / "12").is_dir()
+  records = [json.loads(x, parse_constant=pytest.fail)
+             for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(r["train_loss"]) for r in records) and len(records) == 3

@@ -238,3 +238,11 @@ def test_every_config_field_has_a_flag():
     # own default offline folder.
     if field not in ("name", "weight_decay", "dataset"):
       assert dataclasses.replace(changed, **{field: getattr(base, field)}) == base, field
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "1.5", ""])
+def test_a_checkpoint_that_is_not_best_latest_or_a_step_is_a_usage_error(tmp_path, value):
+  r = run_cli("evaluate", "--workdir", tmp_path, "--checkpoint", value)
+  assert r.returncode == 2, r.stderr
+  assert f"argument --checkpoint: expected best, latest or a step number, got {value!r}" in \
+      r.stderr

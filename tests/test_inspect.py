@@ -175,3 +175,56 @@ def test_bad_image_files_are_named(tmp_path, content, message):
     inference.load_image(bad)
   with pytest.raises(inference.InferenceError, match="nothere.png: no such file"):
     inference.load_image(tmp_path / "nothere.png")
+
+
+# evaluate or predict, held inside its work (the test signals only once it is there).
+HELD = """
+import sys, threading
+from rnnjax import cli, inference
+def held(*args, **kwargs):
+  print("WORKING", flush=True)
+  threading.Event().wait()
+inference.evaluate_run = inference.predict = held
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command,signum", [("evaluate", "SIGTERM"), ("evaluate", "SIGINT"),
+                                            ("predict", "SIGHUP")])
+def test_evaluate_and_predict_say_one_line_when_stopped(synthetic_run, tmp_path, command,
+                                                        signum):
+  import signal
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  workdir, *_ = synthetic_run
+  image = tmp_path / "one.png"
+  digit = np.zeros((28, 28), np.uint8)
+  digit[4:24, 12:16] = 255  # a "1"
+  Image.fromarray(digit).save(image)
+  args = [command, "--workdir", str(workdir)] + ([str(image)] if command == "predict" else [])
+  p = subprocess.Popen([sys.executable, "-c", HELD, *args], cwd=REPO, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  for line in p.stdout:  # waits for the event itself: the command is at work
+    if line.strip() == "WORKING":
+      break
+  sig = getattr(signal, signum)
+  p.send_signal(sig)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 128 + sig, (out, err)
+  assert err.strip() == f"{command} stopped by {signum}; nothing was written", err
+
+
+def test_a_figure_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+  import errno
+  from rnnjax import plots
+  fig = plots.curves([{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "train_accuracy": 0.5,
+                       "test_accuracy": 0.5}])
+
+  def full_disk(path, **kwargs):
+    open(path, "wb").close()  # created, then the disk is full
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(fig, "savefig", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    plots.save(fig, tmp_path / "curves.png")
+  assert list(tmp_path.iterdir()) == []

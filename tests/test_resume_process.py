@@ -30,7 +30,7 @@ def reference(tmp_path_factory):
   return kill_resume.run_to_end(tmp_path_factory.mktemp("ref"), EPOCHS, EVERY)[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: test_faults.py; SIGKILL: below
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGINT: test_faults.py
 def test_stopped_run_resumes_to_identical_parameters(tmp_path, sig, reference):
   workdir = tmp_path / "stopped"
   p = subprocess.Popen(kill_resume.command(workdir, EPOCHS, EVERY), cwd=REPO,

@@ -174,3 +174,172 @@ def test_an_older_workdir_with_only_config_json_keeps_its_first_config(tmp_path,
                            log=lambda s: None)
   lines = [json.loads(x) for x in (workdir / "configs.jsonl").read_text().splitlines()]
   assert [(r["epoch"], r["config"]["learning_rate"]) for r in lines] == [(0, 1e-3), (1, 5e-4)]
+
+
+# ----------------------------------------------------------------------------------------
+# The record is the truth: configs.jsonl and the checkpoints, not config.json alone.
+
+HELD_OUT = config.get_config("tiny").replace(validation_size=16, epochs=2)  # 3 steps / epoch
+
+
+@pytest.fixture
+def held_out_workdir(tmp_path, tiny_splits):
+  workdir = tmp_path / "held"
+  train.train_and_evaluate(HELD_OUT, workdir, tiny_splits, log=lambda s: None)
+  return workdir
+
+
+def test_moving_config_json_away_does_not_turn_the_refusals_off(held_out_workdir, tiny_splits):
+  """config.json moved away, as its error advises: configs.jsonl still refuses training on
+  the validation images; with that gone too, the checkpoint's own record does; with an
+  older checkpoint's record (no config in it), its history's validation count does."""
+  workdir = held_out_workdir
+  before = snapshot(workdir)
+  (workdir / "config.json").unlink()
+  resumed = HELD_OUT.replace(epochs=3, validation_size=0)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"validation_size: 16 in the workdir, 0 now .*as its configs.jsonl"):
+    train.train_and_evaluate(resumed, workdir, tiny_splits, log=lambda s: None)
+  (workdir / "configs.jsonl").unlink()
+  with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoint .*/6 does not fit .*"
+                     r"validation_size: 16 in the workdir, 0 now .*as its record says"):
+    train.train_and_evaluate(resumed, workdir, tiny_splits, log=lambda s: None)
+  meta = workdir_lib.check_checkpoint_record  # a record from before checkpoints held a config
+  with pytest.raises(workdir_lib.WorkdirError, match="validation_size: 16 in the checkpoint"):
+    meta({"epoch": 1, "history": [{"val_count": 16}]}, resumed, "c")
+  meta({"epoch": 1, "history": [{"val_count": 16}]}, HELD_OUT, "c")  # the same split: fine
+  assert snapshot(workdir) == before
+  assert not (workdir / "config.json").exists()  # nothing written, not even the record
+
+
+def test_changing_the_dataset_on_resume_is_refused(held_out_workdir, tiny_splits):
+  before = snapshot(held_out_workdir)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match="dataset: 'mnist' in the workdir, 'fashion_mnist' now"):
+    train.train_and_evaluate(HELD_OUT.replace(epochs=3, dataset="fashion_mnist"),
+                             held_out_workdir, tiny_splits, log=lambda s: None)
+  assert snapshot(held_out_workdir) == before
+
+
+def test_a_half_written_configs_line_is_cut_before_the_next_one(held_out_workdir, tiny_splits,
+                                                                capsys):
+  workdir = held_out_workdir
+  path = workdir / "configs.jsonl"
+  whole = path.read_bytes()
+  path.write_bytes(whole + b'{"epoch": 2, "config": {"na')  # a crash mid-write
+  assert workdir_lib.describe_configs(workdir) is None  # readable: one config so far
+  train.train_and_evaluate(HELD_OUT.replace(epochs=3, learning_rate=5e-4), workdir,
+                           tiny_splits, log=lambda s: None)
+  err = capsys.readouterr().err
+  assert "configs.jsonl ended in a half-written line (27 bytes); removed it" in err
+  assert "learning_rate: 0.001 -> 0.0005); they apply from epoch 3 on" in err
+  lines = [json.loads(x) for x in path.read_text().splitlines()]
+  assert path.read_bytes().startswith(whole)
+  assert [(r["epoch"], r["config"]["learning_rate"]) for r in lines] == [(0, 1e-3), (2, 5e-4)]
+  assert workdir_lib.describe_configs(workdir) == \
+      "tiny (from epoch 1 to 2), tiny (from epoch 3 on)"
+
+
+@pytest.mark.parametrize("damage", ["half line", "missing", "garbage"])
+def test_rerunning_a_finished_run_repairs_its_metrics(held_out_workdir, tiny_splits, damage,
+                                                      capsys):
+  path = held_out_workdir / "metrics.jsonl"
+  whole = path.read_bytes()
+  if damage == "half line":
+    path.write_bytes(whole[:-40])
+  elif damage == "missing":
+    path.unlink()
+  else:
+    path.write_text("not json\n")
+  train.train_and_evaluate(HELD_OUT, held_out_workdir, tiny_splits, log=lambda s: None)
+  assert path.read_bytes() == whole
+  assert "did not hold the run's 2 epochs; rewrote it from the last checkpoint" in \
+      capsys.readouterr().err
+  train.train_and_evaluate(HELD_OUT, held_out_workdir, tiny_splits, log=lambda s: None)
+  assert "rewrote" not in capsys.readouterr().err  # intact now: left alone
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+  from rnnjax import reporting
+  path = tmp_path / "m.jsonl"
+  reporting.append_jsonl(path, {"train_loss": float("nan"), "x": [1.5, float("-inf")]})
+  reporting.write_json_atomic(tmp_path / "c.json", {"a": float("inf")})
+
+  def strict(text):
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text!r}"))
+  assert strict(path.read_text()) == {"train_loss": None, "x": [1.5, None]}
+  assert strict((tmp_path / "c.json").read_text()) == {"a": None}
+
+
+# ----------------------------------------------------------------------------------------
+# The permuted task's pixel order.
+
+PERMUTED = config.get_config("tiny").replace(task="permuted", permutation_seed=3)
+
+
+def test_a_stored_permutation_must_be_integers_of_the_seed(tmp_path, capsys):
+  workdir = tmp_path / "p"
+  workdir.mkdir()
+  task = train.load_task(workdir, PERMUTED)  # none stored: drawn from the seed
+  train.store_task(workdir, PERMUTED, task)
+  order = task.permutation.tolist()
+  assert train.load_task(workdir, PERMUTED).permutation.tolist() == order
+  path = workdir / train.PERMUTATION_FILE
+  cases = [
+      ({"permutation_seed": 3, "permutation": [float(i) for i in order]},
+       "not the 784 pixel indices as integers"),
+      ({"permutation_seed": 4, "permutation": train.load_task(
+          workdir.parent, PERMUTED.replace(permutation_seed=4)).permutation.tolist()},
+       "holds the pixel order of permutation_seed 4, not 3"),
+      ({"permutation_seed": 3, "permutation": order[:-1] + [order[0]]},
+       "not the 784 pixel indices"),
+  ]
+  for stored, message in cases:
+    path.write_text(json.dumps(stored))
+    with pytest.raises(workdir_lib.WorkdirError) as e:
+      train.load_task(workdir, PERMUTED)
+    assert message in str(e.value), str(e.value)
+  # An order this NumPy would not draw from the recorded seed: the stored one, with a word.
+  path.write_text(json.dumps({"permutation_seed": 3, "permutation": order[1:] + order[:1]}))
+  assert train.load_task(workdir, PERMUTED).permutation.tolist() == order[1:] + order[:1]
+  assert "holds another order than permutation_seed 3 draws here" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# Checks before work: the checkpoints/ folder itself.
+
+def test_checkpoints_that_cannot_be_written_are_refused_before_training(good_workdir,
+                                                                         tiny_splits):
+  """A checkpoints/ folder on a file system nobody may write (sysfs, even for root), a link
+  or a file where the next step's folder goes, and a path too long for Orbax's files: each
+  named before the first step, nothing trained or written."""
+  ckpts = good_workdir / "checkpoints"
+  more = config.get_config("tiny").replace(epochs=2)
+
+  def refused(match):
+    with pytest.raises(workdir_lib.WorkdirError, match=match):
+      train.train_and_evaluate(more, good_workdir, tiny_splits, log=lambda s: None)
+    assert len((good_workdir / "metrics.jsonl").read_text().splitlines()) == 1
+
+  (ckpts / "8").symlink_to(good_workdir.parent)
+  refused(r"checkpoints/8 is a symbolic link, where a checkpoint's folder goes")
+  (ckpts / "8").unlink()
+  (ckpts / "8").write_text("")
+  refused(r"checkpoints/8 is a file, where a checkpoint's folder goes")
+  (ckpts / "8").unlink()
+  if os.path.isdir("/sys/kernel"):
+    os.rename(ckpts, good_workdir / "moved")
+    ckpts.symlink_to("/sys/kernel")
+    refused(r"checkpoints cannot be written in .*checkpoints: it is (not writable|unusable)")
+    ckpts.unlink()
+    os.rename(good_workdir / "moved", ckpts)
+  deep = good_workdir.parent / "d"
+  while len(str(deep)) < 3750:
+    deep = deep / ("x" * 200)
+  deep = deep / ("y" * (3980 - len(str(deep)) - 1))  # the workdir fits in 4096 bytes, Orbax's
+  assert len(str(deep)) == 3980                       # files below checkpoints/ would not
+  deep.mkdir(parents=True)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"too long for checkpoints \(\d+ bytes"):
+    train.train_and_evaluate(more, deep / "run", tiny_splits, log=lambda s: None)
+  assert not (deep / "run" / "metrics.jsonl").exists()
+  train.train_and_evaluate(more, good_workdir, tiny_splits, log=lambda s: None)  # all clear

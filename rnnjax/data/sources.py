@@ -19,8 +19,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -307,21 +311,84 @@ def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
     if (not all((default_manual / f).is_file() for f in ALL_FILES)
         and not network_available(_host(name))):
       raise DataError(_missing_files_message(None, dataset=name))
-  config = tfds.download.DownloadConfig(manual_dir=str(folder) if folder else None)
-  from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+  _prepare_in_child(name, data_dir, folder)
+  return tfds.builder(name, data_dir=data_dir)
+
+
+# The process preparing a tfds dataset, while it runs (`_prepare_in_child`).
+_preparing: subprocess.Popen | None = None
+
+_PREPARE = """
+import json, sys
+from rnnjax.data import sources
+name, data_dir, manual_dir = json.loads(sys.argv[1])
+tfds = sources._import_tfds()
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+try:
+  tfds.builder(name, data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+except NonMatchingChecksumError as e:
+  print(json.dumps({"checksum": str(e)}), flush=True)
+  sys.exit(3)
+"""
+
+
+def _die_with_parent() -> None:
+  """In the child, before it runs: the kernel ends it when its parent dies (kill -9)."""
+  import ctypes
+  import signal
   try:
-    builder.download_and_prepare(download_config=config)
-  except NonMatchingChecksumError as e:
-    raise DataError(f"a downloaded {name} file has the wrong checksum: {e}. Delete it and "
-                    "retry, or pass the official files with --manual-dir.") from None
-  return builder
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+def _prepare_in_child(name: str, data_dir, folder: Path | None) -> None:
+  """Runs tfds's `download_and_prepare` in a child process and waits for it.
+
+  tfds prepares with worker threads that create `incomplete.*` folders and cannot be
+  stopped from outside. In a child, a run that is stopped (a signal, Ctrl-C) ends the child
+  and waits for it to be gone before it removes what the child left: nothing can appear
+  after the clean-up (`remove_unfinished`)."""
+  global _preparing
+  args = json.dumps([name, None if data_dir is None else str(data_dir),
+                     None if folder is None else str(folder)])
+  _preparing = subprocess.Popen(
+      [sys.executable, "-c", _PREPARE, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+  started = time.time()
+  try:
+    out, err = _preparing.communicate()
+  except BaseException:  # an interrupt while waiting: end the child, remove what it left
+    remove_unfinished(data_dir, name, started)
+    raise
+  code, _preparing = _preparing.returncode, None
+  sys.stderr.write(err)  # tfds's and TensorFlow's log lines (library.log under the CLI)
+  if code == 3:
+    raise DataError(f"a downloaded {name} file has the wrong checksum: "
+                    f"{json.loads(out)['checksum']}. Delete it and retry, or pass the official "
+                    "files with --manual-dir.")
+  if code != 0:
+    last = (err.strip().splitlines() or [f"exit status {code}"])[-1][:300]
+    raise DataError(f"tfds could not prepare {name} ({last}). Retry, or use the IDX source "
+                    "(--data-source idx).")
+
+
+def _stop_child() -> None:
+  """Ends the preparing child, if any, and waits until it is gone."""
+  child = _preparing
+  if child is not None and child.poll() is None:
+    child.kill()
+    child.wait()
 
 
 def remove_unfinished(data_dir, dataset: str, since: float) -> list[Path]:
-  """Removes tfds's unfinished preparation folders (`incomplete.*`, under the data dir's
-  `dataset` folder or its downloads) made since the time `since` (this run's): what a
-  stopped preparation leaves behind."""
+  """Stops a tfds preparation still running (its child process, waited for), then removes
+  tfds's unfinished preparation folders (`incomplete.*`, under the data dir's `dataset`
+  folder or its downloads) made since the time `since` (this run's): what a stopped
+  preparation leaves behind."""
   import shutil
+  _stop_child()
   root = Path(data_dir or default_data_dir()).expanduser()
   removed = []
   folders = [f for sub in (dataset, "downloads") if (root / sub).is_dir()
