@@ -221,9 +221,10 @@ def unexpected_error(command: str, log_path: Path | None = None) -> int:
   """The error boundary of a command, called in its `except Exception:` block.
 
   Writes the traceback to `log_path` (the workdir's library.log) or, without one, to a new
-  private file of a fresh name in the temporary folder, prints one `error:` line to the console naming what failed
-  and where the traceback is, and returns the exit status, 1. A bug, or a case rnnjax does
-  not handle yet, so never an empty terminal and never a wall of frames.
+  private file of a fresh name in the temporary folder, prints one `error:` line to the
+  console naming what failed and where the traceback is, and returns the exit status, 1. A
+  bug, or a case rnnjax does not handle yet, so never an empty terminal and never a wall of
+  frames.
   """
   import tempfile
   import traceback

@@ -184,8 +184,8 @@ def check_checkpoints_writable(folder: Path) -> None:
   for entry in folder.iterdir():
     if entry.name.split(".")[0].isdigit() and (entry.is_symlink() or not entry.is_dir()):
       kind = "a symbolic link" if entry.is_symlink() else "a file"
-      raise WorkdirError(f"{entry} is {kind}, where a checkpoint's folder goes. Move it "
-                         f"away. {fix}")
+      raise WorkdirError(f"{entry} is {kind}, where a checkpoint's folder goes: move it "
+                         "away, or use another --workdir; nothing was written.")
 
 
 def recorded_configs(workdir: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -5,6 +5,7 @@ every module and the kernel's C++ source, imports from where it was installed, a
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 
 from tests.helpers import REPO
@@ -15,7 +16,8 @@ import rnnjax
 assert rnnjax.__file__.startswith(sys.argv[1]), rnnjax.__file__
 names = [m.name for m in pkgutil.walk_packages(rnnjax.__path__, "rnnjax.")]
 for name in names:
-  importlib.import_module(name)
+  module = importlib.import_module(name)
+  assert module.__file__.startswith(sys.argv[1]), module.__file__
 print("IMPORTED", len(names), " ".join(sorted(names)))
 """
 
@@ -37,8 +39,11 @@ def test_the_wheel_holds_every_module_and_its_command_runs(tmp_path):
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                   "--target", str(site), str(wheel)], check=True, capture_output=True,
                  timeout=600)
-  env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-  r = subprocess.run([sys.executable, "-c", IMPORT_ALL, str(site)], capture_output=True,
+  # -S: no .pth files, so no editable install of this checkout can stand in for a module
+  # the wheel lacks; the dependencies come from this environment's site-packages.
+  deps = sysconfig.get_paths()["purelib"]
+  env = {"PYTHONPATH": f"{site}:{deps}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+  r = subprocess.run([sys.executable, "-S", "-c", IMPORT_ALL, str(site)], capture_output=True,
                      text=True, cwd=tmp_path, env=env, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   modules = {n.replace("/", ".")[:-3] for n in sources if n.endswith(".py")}
