@@ -127,7 +127,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-  """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal, a dropped ssh session) into a
+  """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal, a dropped ssh connection) into a
   request to stop after the current call of the step function (at most
   `Config.steps_per_call` steps).
 
