@@ -7,6 +7,7 @@ Command (from the repository root; benchmarks/README.md says how to read the fig
     python benchmarks/throughput.py --compare-torch       # and PyTorch nn.LSTM, with ratios
     python benchmarks/throughput.py --settings tutorial --json
     python benchmarks/throughput.py --allocator tuned     # glibc malloc tunables, see below
+    python benchmarks/throughput.py --lstm-kernel cudnn   # on a GPU: cuDNN's fused LSTM
 
 Each figure comes from its own process (so that peak memory and allocator state belong to
 one setting and one framework): warm-up, then `--windows` timed windows of about
@@ -38,13 +39,15 @@ malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `are
 `keep` (the two halves of `tuned`), `tuned+hugetlb`; a comma-separated list or `all`
 measures each in turn. Without the flag: `hugetlb`, or `default` under
 RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a
-CPU build here).
+CPU build here); on a GPU both frameworks run there, PyTorch's nn.LSTM on cuDNN.
+`--lstm-kernel` (`auto`, `cpu`, `cudnn`, `xla`) says how rnnjax's LSTM layers run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -54,6 +57,7 @@ from harness import (ALLOCATORS, Prepared, Worker, allocator_env, error_boundary
                      measure_matmul_peak, peak_rss_bytes, serve)
 
 from rnnjax import allocator  # light: no JAX
+from rnnjax.config import LSTM_KERNELS
 
 HERE = Path(__file__).resolve()
 
@@ -73,6 +77,7 @@ SETTINGS = {
 }
 
 CLASSES = 10
+KERNEL_ENV = "RNNJAX_BENCH_LSTM_KERNEL"  # --lstm-kernel, as the measured processes see it
 
 
 def flops_per_image(mode: str, hidden: int, steps: int, features: int,
@@ -97,8 +102,9 @@ def bench_jax(name: str) -> Prepared:
   from rnnjax import lstm_kernel, models, steps, train
 
   mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
-  cfg = config_lib.get_config("tutorial").replace(hidden_size=hidden, batch_size=batch,
-                                                  cell=cell)
+  cfg = config_lib.get_config("tutorial").replace(
+      hidden_size=hidden, batch_size=batch, cell=cell,
+      lstm_kernel=os.environ.get(KERNEL_ENV, "auto"))
   model = models.model_from_config(cfg)
   per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
   rng = np.random.default_rng(0)
@@ -166,11 +172,14 @@ def bench_torch(name: str) -> Prepared:
       out, _ = self.lstm(x)
       return self.fc(out[:, -1])
 
-  net = Net()
+  # On a GPU, nn.LSTM is cuDNN's fused RNN (PyTorch's default there).
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  net = Net().to(device)
   opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-  x = torch.rand(batch, t_steps, features)
-  y = torch.randint(0, CLASSES, (batch,))
+  x = torch.rand(batch, t_steps, features, device=device)
+  y = torch.randint(0, CLASSES, (batch,), device=device)
   loss_fn = torch.nn.CrossEntropyLoss()
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
   if mode == "train":
     def run():
@@ -185,11 +194,15 @@ def bench_torch(name: str) -> Prepared:
 
   t = time.perf_counter()
   run()
+  sync()
   first_call = time.perf_counter() - t
-  return Prepared(run, lambda: None, batch, lambda: {
-      "framework": f"torch {torch.__version__}", "device": "cpu",
-      "first_call_seconds": first_call, "peak_memory_bytes": peak_rss_bytes(),
-      "peak_memory_kind": "process peak RSS"})
+  on_gpu = device.type == "cuda"
+  return Prepared(run, sync, batch, lambda: {
+      "framework": f"torch {torch.__version__}",
+      "device": f"cuda:{torch.cuda.get_device_name()}" if on_gpu else "cpu",
+      "first_call_seconds": first_call,
+      "peak_memory_bytes": torch.cuda.max_memory_allocated() if on_gpu else peak_rss_bytes(),
+      "peak_memory_kind": "device peak bytes" if on_gpu else "process peak RSS"})
 
 
 def summarize(name: str, result: dict, framework: str = "jax") -> dict:
@@ -223,6 +236,8 @@ def benchmark_main(argv=None) -> int:
                  help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
                       f"{', '.join(ALLOCATORS)}, a comma-separated list, or all "
                       "(default: hugetlb, rnnjax's own setting)")
+  p.add_argument("--lstm-kernel", default="auto", choices=LSTM_KERNELS,
+                 help="how rnnjax's LSTM and LEM layers run (Config.lstm_kernel)")
   p.add_argument("--windows", type=int, default=7)
   p.add_argument("--window-seconds", type=float, default=2.0)
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
@@ -262,7 +277,7 @@ def benchmark_main(argv=None) -> int:
   for name in names:
     for alloc in allocators:
       try:
-        measure(name, alloc, args, allocator_env(alloc))
+        measure(name, alloc, args, {**allocator_env(alloc), KERNEL_ENV: args.lstm_kernel})
       except RuntimeError as e:  # a measured process failed: say which, and its stderr
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,8 +9,8 @@ the project's CPU; the figures are in docs/lab/2026-11-speed-notes.md.
 glibc reads its tunables once, when a process starts, so the commands (`mnist_lstm.py`,
 `benchmarks/`) call `use_tuned_allocator()` first thing: it restarts the same command in
 place (`os.execve`: same process id, same arguments) with the tunables set. It does nothing
-when `GLIBC_TUNABLES` is already set (your own setting wins), off Linux/glibc, or when
-turned off::
+when `GLIBC_TUNABLES` is already set (your own setting wins), off Linux/glibc, on a
+machine with an NVIDIA GPU, or when turned off::
 
     RNNJAX_ALLOCATOR=system python experiments/mnist_lstm.py   # the C library's defaults
 
@@ -26,6 +26,7 @@ import sys
 TUNABLES = "glibc.malloc.hugetlb=1"
 SWITCH = "RNNJAX_ALLOCATOR"
 CHOICES = ("tuned", "system")
+GPU_DEVICE = "/dev/nvidiactl"  # present where an NVIDIA driver is loaded
 
 
 def wanted() -> str:
@@ -39,9 +40,11 @@ def wanted() -> str:
 
 
 def applies() -> bool:
-  """Whether `use_tuned_allocator` would restart this process."""
+  """Whether `use_tuned_allocator` would restart this process: not on a machine with an
+  NVIDIA GPU (`/dev/nvidiactl`), where the step runs on the device, not in host malloc."""
   return (wanted() == "tuned" and "GLIBC_TUNABLES" not in os.environ
-          and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+          and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+          and not os.path.exists(GPU_DEVICE))
 
 
 def use_tuned_allocator() -> None:

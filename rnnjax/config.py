@@ -34,7 +34,8 @@ TEST_EXAMPLES = 10000   # and 10,000 test images
 MAX_EPOCHS = 10000
 MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 DATA_SOURCES = ("auto", "tfds", "idx")
-LSTM_KERNELS = ("auto", "cpu", "xla")  # how LSTM and LEM layers run: rnnjax/lstm_kernel.py
+# How LSTM and LEM layers run: rnnjax/lstm_kernel.py (cpu), rnnjax/cudnn.py (cudnn).
+LSTM_KERNELS = ("auto", "cpu", "cudnn", "xla")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 # 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.
@@ -168,8 +169,9 @@ class Config:
       "one train_step per call); the same updates bit for bit, fewer buffer allocations "
       "(docs/performance.md)", group=RUN, low=1, metavar="K")
   lstm_kernel: str = _field(
-      "auto", "how lstm and lem layers run: auto (rnnjax's CPU kernel where it can run: one CPU "
-      "device, float32, the kernel built; else the nn.RNN scan), cpu (the kernel, or an "
+      "auto", "how lstm and lem layers run: auto (cuDNN's fused LSTM on one NVIDIA GPU; "
+      "rnnjax's CPU kernel where it can run: one CPU device, float32, the kernel built; else "
+      "the nn.RNN scan), cpu (the kernel, or an error), cudnn (cuDNN, for lstm layers, or an "
       "error) or xla (always the scan); same parameters and equations", group=RUN,
       choices=LSTM_KERNELS)
   data_source: str = _field(

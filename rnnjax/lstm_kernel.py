@@ -62,7 +62,7 @@ import jax.numpy as jnp
 
 from rnnjax.config import LSTM_KERNELS
 
-MODES = LSTM_KERNELS  # auto, cpu, xla
+MODES = LSTM_KERNELS  # auto, cpu, cudnn, xla
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 _TARGETS = {"rnnjax_lstm_fwd": "RnnjaxLstmFwd", "rnnjax_lstm_infer": "RnnjaxLstmInfer",
@@ -386,6 +386,15 @@ def describe(config) -> str:
   what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()
   if config.lstm_kernel == "xla":
     return f"{what}: nn.RNN scan (--lstm-kernel xla)"
+  from rnnjax import cudnn
+  if config.lstm_kernel == "cudnn" and not cudnn.status()[0]:
+    raise KernelUnavailable(f"--lstm-kernel cudnn cannot run here: {cudnn.status()[1]}. Use "
+                            "auto (cuDNN on a GPU, else the CPU kernel or the nn.RNN scan) or "
+                            "xla.")
+  if config.lstm_kernel != "cpu" and resolve(config.lstm_kernel) == "cudnn":
+    if config.cell == "lstm":
+      return f"{what}: {cudnn.status()[1]}"
+    return f"{what}: nn.RNN scan (cuDNN runs LSTM layers only)"
   ok, why = status()
   if ok:
     return f"{what}: rnnjax CPU kernel ({GEMM_NAMES[_load().gemm]})"
@@ -396,18 +405,27 @@ def describe(config) -> str:
 
 
 def resolve(mode: str, dtype=jnp.float32) -> str:
-  """`cpu` or `xla`: how an LSTM layer computing in `dtype` runs under `mode` (see `MODES`).
+  """`cpu`, `cudnn` or `xla`: how an LSTM layer computing in `dtype` runs under `mode` (see
+  `MODES`).
 
-  `auto` is `cpu` where `status()` allows and `dtype` is float32, else `xla`; `cpu` where it
-  cannot run raises `KernelUnavailable` with the cause. `models.model_from_config` resolves
-  the config's choice once, when it builds the model.
+  `auto` is `cudnn` on one NVIDIA GPU, `cpu` where `status()` allows, float32 both, else
+  `xla`; `cpu` or `cudnn` where it cannot run raises `KernelUnavailable` with the cause.
+  `models.model_from_config` resolves the config's choice once, when it builds the model.
+  (`cudnn` runs LSTM layers; under it, LEM layers run as the scan.)
   """
   if mode not in MODES:
     raise ValueError(f"lstm_kernel must be one of {MODES}, got {mode!r}")
   if mode == "xla":
     return "xla"
+  from rnnjax import cudnn
+  float32 = jnp.dtype(dtype) == jnp.float32
+  if mode == "cudnn":
+    cudnn.check()
+    return "cudnn"
+  if mode == "auto" and float32 and jax.default_backend() == "gpu" and cudnn.status()[0]:
+    return "cudnn"
   ok, why = status()
-  if ok and jnp.dtype(dtype) != jnp.float32:
+  if ok and not float32:
     ok, why = False, f"the CPU kernel computes in float32, the input is {jnp.dtype(dtype)}"
   if not ok and mode == "cpu":
     raise KernelUnavailable(f"lstm_kernel 'cpu' cannot run here: {why}. Use 'auto' (the "
@@ -520,8 +538,8 @@ class KernelRNN(nn.RNN):
       raise ValueError(f"{name} runs {cell} on [batch, time, features] inputs; got "
                        f"{type(self.cell).__name__} on shape {inputs.shape}")
     if inputs.dtype != jnp.float32:
-      raise KernelUnavailable(f"the CPU kernel computes in float32, the input is "
-                              f"{inputs.dtype}; use lstm_kernel 'xla'")
+      raise KernelUnavailable(f"{name} computes in float32, the input is {inputs.dtype}; "
+                              "use lstm_kernel 'xla'")
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
     if reverse:
       x = jnp.flip(x, 0)

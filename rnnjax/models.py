@@ -72,13 +72,17 @@ def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
   """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size, **cell_options), **kwargs)`,
   or, for `lstm` and `lem` with `implementation="cpu"`, `lstm_kernel.KernelLSTM` and
   `lem_kernel.KernelLEM`: the same layer (fields, parameters, call) run by rnnjax's CPU
-  kernel. `implementation` is `cpu` or `xla` (`lstm_kernel.resolve` turns `auto` into one
+  kernel; for `lstm` with `implementation="cudnn"`, `cudnn.CudnnLSTM`, run by cuDNN.
+  `implementation` is `cpu`, `cudnn` or `xla` (`lstm_kernel.resolve` turns `auto` into one
   of them); other cells always run as the scan."""
-  if implementation not in ("cpu", "xla"):
-    raise ValueError(f"implementation must be 'cpu' or 'xla' (resolve 'auto' first), got "
-                     f"{implementation!r}")
+  if implementation not in ("cpu", "cudnn", "xla"):
+    raise ValueError(f"implementation must be 'cpu', 'cudnn' or 'xla' (resolve 'auto' "
+                     f"first), got {implementation!r}")
   layer = nn.RNN
-  if implementation == "cpu" and cell in KERNEL_CELLS:
+  if implementation == "cudnn" and cell == "lstm":
+    from rnnjax import cudnn
+    layer = cudnn.CudnnLSTM
+  elif implementation == "cpu" and cell in KERNEL_CELLS:
     from rnnjax import lem_kernel
     layer = {"lstm": kernel_lib.KernelLSTM, "lem": lem_kernel.KernelLEM}[cell]
   return layer(make_cell(cell, hidden_size, **(cell_options or {})), **kwargs)

@@ -52,3 +52,13 @@ def test_unknown_switch_value_is_a_clear_error(monkeypatch):
   r = subprocess.run([sys.executable, str(REPO / "experiments" / "mnist_lstm.py"), "--epochs",
                       "1"], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
   assert r.returncode == 2 and "is not a choice" in r.stderr and "Traceback" not in r.stderr
+
+
+@glibc_linux
+def test_no_restart_on_a_machine_with_an_nvidia_gpu(monkeypatch, tmp_path):
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.delenv(allocator.SWITCH, raising=False)
+  monkeypatch.setattr(allocator, "GPU_DEVICE", str(tmp_path / "nvidiactl"))
+  assert allocator.applies()
+  (tmp_path / "nvidiactl").write_text("")  # as the NVIDIA driver's control device
+  assert not allocator.applies()

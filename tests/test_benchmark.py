@@ -129,3 +129,25 @@ def test_epoch_mode_as_json():
                                          / three["epoch_seconds"][-1])
   assert out["by_steps_per_call"]["3"] == {k: by["3"][k] for k in ("loop_overhead",
                                                                    "speedup_vs_plain")}
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path, mnist_dir):
+  """benchmarks/gpu.sh --dry: every step of the GPU check, with lstm_ref in place of cuDNN
+  (the tests, the throughput of the scan and of the cuDNN path, a training run on that
+  path), and the machine recorded."""
+  out = tmp_path / "results"
+  env = dict(os.environ, RNNJAX_GPU_OUT=str(out), RNNJAX_GPU_DATA=str(mnist_dir),
+             PYTHON=sys.executable)
+  r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "--dry"], cwd=REPO,
+                     capture_output=True, text=True, env=env, timeout=900)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  summary = (out / "summary.txt").read_text()
+  for step in ("tests", "throughput_xla", "throughput_cudnn", "train"):
+    assert f"{step}: exit 0" in summary, summary
+  assert "jax 0." in (out / "machine.txt").read_text()
+  assert "LSTM: nn.RNN scan (--lstm-kernel xla)" in (out / "throughput_xla.txt").read_text()
+  ran = "LSTM: jax.experimental.rnn.lstm_ref in place of cuDNN"
+  assert ran in (out / "throughput_cudnn.txt").read_text()
+  assert ran in (out / "train.txt").read_text()
+  assert "test accuracy" in (out / "train.txt").read_text()
