@@ -203,8 +203,10 @@ def test_evaluate_and_predict_say_one_line_when_stopped(synthetic_run, tmp_path,
   digit[4:24, 12:16] = 255  # a "1"
   Image.fromarray(digit).save(image)
   args = [command, "--workdir", str(workdir)] + ([str(image)] if command == "predict" else [])
+  # SIGINT as a terminal delivers it: pytest's workers ignore it, and children inherit that.
   p = subprocess.Popen([sys.executable, "-c", HELD, *args], cwd=REPO, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
+                       stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   for line in p.stdout:  # waits for the event itself: the command is at work
     if line.strip() == "WORKING":
       break
