@@ -260,6 +260,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
     if position.epoch >= config.epochs:
       if main:
         _repair_metrics(workdir, history)
+        reporting.repair_jsonl(workdir / workdir_lib.CONFIGS_FILE)
       log(f"run already finished: {position.epoch} of {config.epochs} epochs in {workdir}")
       return state, history
     # Data only when there is training to do, before anything is written (a data error
@@ -324,7 +325,7 @@ def _check_before_work(config: Config, workdir: Path):
 def _meta(position: checkpointing.Position, config: Config) -> dict[str, Any]:
   """A checkpoint's record: its position, and the config it was trained under (what a
   resume is checked against when the workdir's own record is gone)."""
-  return {**position.to_meta(), "config": config.to_dict()}
+  return reporting.json_safe({**position.to_meta(), "config": config.to_dict()})
 
 
 def _restore(ckpt: checkpointing.Checkpointer, state, mesh, log, config: Config):

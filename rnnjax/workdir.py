@@ -68,7 +68,7 @@ class Lock:
   def acquire(self) -> "Lock":
     import fcntl
     try:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a link
     except OSError as e:
       raise WorkdirError(f"cannot create {self.path} ({e.strerror}). Choose another "
                          "--workdir or fix its permissions.") from None

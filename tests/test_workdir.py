@@ -255,6 +255,11 @@ def test_rerunning_a_finished_run_repairs_its_metrics(held_out_workdir, tiny_spl
   assert path.read_bytes() == whole
   assert "did not hold the run's 2 epochs; rewrote it from the last checkpoint" in \
       capsys.readouterr().err
+  configs = held_out_workdir / "configs.jsonl"
+  recorded = configs.read_bytes()
+  configs.write_bytes(recorded + b'{"epoch": 2, "co')
+  train.train_and_evaluate(HELD_OUT, held_out_workdir, tiny_splits, log=lambda s: None)
+  assert configs.read_bytes() == recorded  # cut back to its last complete line
   train.train_and_evaluate(HELD_OUT, held_out_workdir, tiny_splits, log=lambda s: None)
   assert "rewrote" not in capsys.readouterr().err  # intact now: left alone
 
@@ -343,3 +348,14 @@ def test_checkpoints_that_cannot_be_written_are_refused_before_training(good_wor
     train.train_and_evaluate(more, deep / "run", tiny_splits, log=lambda s: None)
   assert not (deep / "run" / "metrics.jsonl").exists()
   train.train_and_evaluate(more, good_workdir, tiny_splits, log=lambda s: None)  # all clear
+
+
+def test_a_link_planted_as_the_lock_file_is_never_followed(tmp_path):
+  victim = tmp_path / "victim"
+  victim.write_text("precious")
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "lock").symlink_to(victim)
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot create .*lock"):
+    workdir_lib.Lock(workdir).acquire()
+  assert victim.read_text() == "precious"
