@@ -179,7 +179,8 @@ def test_bad_image_files_are_named(tmp_path, content, message):
 
 # evaluate or predict, held inside its work (the test signals only once it is there).
 HELD = """
-import sys, threading
+import signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it
 from rnnjax import cli, inference
 def held(*args, **kwargs):
   print("WORKING", flush=True)
@@ -203,10 +204,10 @@ def test_evaluate_and_predict_say_one_line_when_stopped(synthetic_run, tmp_path,
   digit[4:24, 12:16] = 255  # a "1"
   Image.fromarray(digit).save(image)
   args = [command, "--workdir", str(workdir)] + ([str(image)] if command == "predict" else [])
-  # SIGINT as a terminal delivers it: pytest's workers ignore it, and children inherit that.
+  # HELD restores SIGINT's handler: a shell running the suite in the background hands its
+  # children SIGINT ignored.
   p = subprocess.Popen([sys.executable, "-c", HELD, *args], cwd=REPO, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True,
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                       stderr=subprocess.PIPE, text=True)
   for line in p.stdout:  # waits for the event itself: the command is at work
     if line.strip() == "WORKING":
       break

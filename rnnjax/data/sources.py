@@ -319,9 +319,10 @@ def prepare_tfds(name: str = "mnist", data_dir=None, manual_dir=None):
 _preparing: subprocess.Popen | None = None
 
 _PREPARE = """
-import json, sys
+import json, os, sys
 from rnnjax.data import sources
-name, data_dir, manual_dir = json.loads(sys.argv[1])
+name, data_dir, manual_dir, parent = json.loads(sys.argv[1])
+sources._die_with_parent(parent)
 tfds = sources._import_tfds()
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 try:
@@ -333,14 +334,18 @@ except NonMatchingChecksumError as e:
 """
 
 
-def _die_with_parent() -> None:
-  """In the child, before it runs: the kernel ends it when its parent dies (kill -9)."""
+def _die_with_parent(parent: int) -> None:
+  """In the child, first thing: the kernel ends it when its parent dies (kill -9); if the
+  parent is already gone, it ends now. (Set by the child itself: a `preexec_fn` would run
+  Python between fork and exec in a process with threads.)"""
   import ctypes
   import signal
   try:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
-    pass
+    return
+  if os.getppid() != parent:
+    os._exit(1)
 
 
 def _prepare_in_child(name: str, data_dir, folder: Path | None) -> None:
@@ -352,10 +357,9 @@ def _prepare_in_child(name: str, data_dir, folder: Path | None) -> None:
   after the clean-up (`remove_unfinished`)."""
   global _preparing
   args = json.dumps([name, None if data_dir is None else str(data_dir),
-                     None if folder is None else str(folder)])
-  _preparing = subprocess.Popen(
-      [sys.executable, "-c", _PREPARE, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                     None if folder is None else str(folder), os.getpid()])
+  _preparing = subprocess.Popen([sys.executable, "-c", _PREPARE, args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   started = time.time()
   try:
     out, err = _preparing.communicate()
