@@ -169,3 +169,27 @@ def test_tfds_and_idx_sources_identical(mnist_dir, tfds_data_dir):
     batch_a = next(data.train_batches(a, 100, seed=0, epoch=0))
     batch_b = next(data.train_batches(b, 100, seed=0, epoch=0))
     np.testing.assert_array_equal(batch_a["image"], batch_b["image"])
+
+
+def test_a_stopped_preparation_leaves_no_unfinished_folder_or_file(tmp_path):
+  """tfds's unfinished work is `incomplete.*` folders and, for a download being extracted,
+  files: both go when made since the run started; older ones and finished files stay."""
+  import os
+  import time
+  extracted = tmp_path / "downloads" / "extracted"
+  extracted.mkdir(parents=True)
+  started = time.time()
+  half_file = extracted / "incomplete.6154e565_GZIP.train-labels-idx1-ubyte.gz"
+  half_file.write_bytes(b"\x00" * 10)
+  half_dir = tmp_path / "mnist" / "3.0.1.incomplete.x" / "incomplete.abc"
+  half_dir.mkdir(parents=True)
+  (half_dir / "part").write_text("x")
+  old = extracted / "incomplete.old_GZIP.x.gz"
+  old.write_text("y")
+  os.utime(old, (started - 3600, started - 3600))  # another run's, an hour before
+  done = extracted / "ZIP.finished.gz"
+  done.write_text("z")
+  removed = data.remove_unfinished(tmp_path, "mnist", started)
+  assert sorted(removed) == sorted([half_file, half_dir])
+  assert not half_file.exists() and not half_dir.exists()
+  assert old.exists() and done.exists()

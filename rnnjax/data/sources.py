@@ -388,20 +388,24 @@ def _stop_child() -> None:
 
 def remove_unfinished(data_dir, dataset: str, since: float) -> list[Path]:
   """Stops a tfds preparation still running (its child process, waited for), then removes
-  tfds's unfinished preparation folders (`incomplete.*`, under the data dir's `dataset`
-  folder or its downloads) made since the time `since` (this run's): what a stopped
-  preparation leaves behind."""
+  tfds's unfinished preparation folders and files (`incomplete.*` under the data dir's
+  `dataset` folder or its downloads: a half-extracted download is a file) made since the
+  time `since` (this run's): what a stopped preparation leaves behind."""
   import shutil
   _stop_child()
   root = Path(data_dir or default_data_dir()).expanduser()
   removed = []
-  folders = [f for sub in (dataset, "downloads") if (root / sub).is_dir()
-             for f in (root / sub).glob("**/incomplete.*")]
-  for folder in folders:
+  found = [f for sub in (dataset, "downloads") if (root / sub).is_dir()
+           for f in (root / sub).glob("**/incomplete.*")]
+  for path in found:
     try:
-      if folder.is_dir() and folder.stat().st_mtime >= since - 1:
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
+      if path.lstat().st_mtime < since - 1:
+        continue
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        path.unlink(missing_ok=True)
+      removed.append(path)
     except OSError:
       continue
   return removed
