@@ -28,8 +28,8 @@ with rnnjax on x86-64 Linux) and jaxlib's FFI headers, into `$RNNJAX_KERNEL_CACH
 laid out once per call in the primitive's own format, and `dnnl_sgemm` for the rest),
 whichever runs the kernels' typical matmuls faster on this CPU, timed once when a build is
 first loaded (about a second) and kept beside it (`<build>.gemm`);
-`$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in a process. (On
-a 2-core AMD EPYC oneDNN ran them 1.2-1.35x faster than MKL: docs/performance.md.) Without
+`$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in a process (the
+engines' measured speeds: docs/performance.md). Without
 oneDNN, or where it fails to load, the build uses MKL alone. Where no build is possible (no
 compiler, no MKL, another platform, a GPU, several devices, float64) `lstm_kernel="auto"`
 uses the scan and `status()` says why.

@@ -117,7 +117,7 @@ static void parallel(int64_t total, int64_t min_part,
 // approximation: odd degree-13 polynomial over even degree-6, input clamped to +-7.9053; x
 // itself below 0.0004). Absolute error under 3e-7 against float64 tanh. Written branch-free,
 // so that the compiler vectorises the loops for the instruction set it finds (-march=native):
-// MKL's vsTanh took 3 ns per element on an AMD EPYC, this 0.3.
+// about ten times faster than MKL's vsTanh (docs/performance.md).
 static inline float fast_tanh(float x) {
   const float c = 7.90531110763549805f;
   const float v = x > c ? c : (x < -c ? -c : x);
@@ -170,10 +170,9 @@ static void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float
 // on the calling thread, for a w that stays the same over many calls: the time steps of one
 // layer call. With the oneDNN engine, oneDNN's matmul primitive with w laid out once, in the
 // primitive's own blocked format, when the StepMatmul is made (dnnl_sgemm lays w out again
-// on every call; at the tutorial's forward step the primitive ran 9-30% faster on an AMD
-// EPYC); the primitives are made once per shape and kept, and each StepMatmul has its own
-// scratchpad, so that any thread may run them. Otherwise, or where oneDNN cannot make the
-// primitive, sgemm.
+// on every call, which costs time at every step: docs/performance.md); the primitives are
+// made once per shape and kept, and each StepMatmul has its own scratchpad, so that any
+// thread may run them. Otherwise, or where oneDNN cannot make the primitive, sgemm.
 class StepMatmul {
  public:
   StepMatmul(int64_t m, int64_t n, int64_t k, const float* w, bool accumulate)
