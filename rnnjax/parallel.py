@@ -21,8 +21,11 @@ the global array.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -89,15 +92,108 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if num_processes > 1:
     _watch = Watch(host.strip("[]"), int(port) + 1, num_processes, process_id, loopback)
     _watch.join(timeout)
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id, coordinator_bind_address=bind,
-                             initialization_timeout=max(30, int(timeout)))
+  with _service_in_child(process_id, timeout):
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, coordinator_bind_address=bind,
+                               initialization_timeout=max(30, int(timeout)))
   if _watch is not None:
     _watch.start()
   return True
 
 
 _watch = None
+
+# How long JAX's coordination service outlives a process 0 that died without shutting it
+# down: long enough for every other process's Watch to see the loss and end with its line,
+# short enough that rerunning the command soon finds the port free again.
+SERVICE_LINGER_S = 10
+
+_SERVICE = """
+import json, sys, time
+try:
+  from jax._src.lib import _jax
+  service = _jax.get_distributed_runtime_service(*json.loads(sys.argv[1]),
+                                                    **json.loads(sys.argv[2]))
+except Exception as e:
+  print("error", type(e).__name__ + ":", " ".join(str(e).split())[:400], flush=True)
+  sys.exit(1)
+print("ready", flush=True)
+if sys.stdin.readline().strip() != "stop":  # process 0 ended without shutting us down
+  time.sleep(float(sys.argv[3]))
+service.shutdown()
+"""
+
+
+class _ServiceProcess:
+  """JAX's coordination service, hosted by a small child of process 0 (see `_service_in_child`).
+
+  The child stops when `shutdown` says so (JAX's own shutdown, at exit). If process 0 dies
+  instead, its pipe closes and the child lingers `SERVICE_LINGER_S` seconds before it stops.
+  """
+
+  def __init__(self, timeout: float, args: tuple, kwargs: dict):
+    self.child = subprocess.Popen(
+        [sys.executable, "-c", _SERVICE, json.dumps(args), json.dumps(kwargs),
+         str(SERVICE_LINGER_S)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True)  # a Ctrl-C in the terminal is process 0's to handle
+    ready = threading.Thread(target=lambda: setattr(self, "word", self.child.stdout.readline()),
+                             daemon=True)
+    self.word = ""
+    ready.start()
+    ready.join(max(30.0, timeout))
+    if self.word.strip() != "ready":
+      ended = self.child.poll()
+      self.child.kill()
+      why = (self.word.strip()[6:] or (f"it ended with exit status {ended} before it listened"
+                                       if ended is not None else "it did not start in time"))
+      raise ParallelError(f"could not start the run's coordination service at {args[0]} "
+                          f"({why}). Is another run using that port? Choose another "
+                          "--coordinator port.")
+
+  def shutdown(self) -> None:
+    if self.child.poll() is None:
+      try:
+        self.child.stdin.write("stop\n")
+        self.child.stdin.flush()
+      except OSError:
+        pass
+      try:
+        self.child.wait(30)
+      except subprocess.TimeoutExpired:
+        self.child.kill()
+
+
+@contextlib.contextmanager
+def _service_in_child(process_id: int, timeout: float):
+  """Process 0 hosts JAX's coordination service in a child process instead of in itself.
+
+  When process 0 is killed, the service in it would vanish at once, and JAX's client in
+  every other process, which polls the service for errors, would abort its process (SIGABRT,
+  "Terminating process because the JAX distributed service detected fatal errors") in a race
+  with the Watch's one-line message and exit status 1. A service in its own process outlives
+  process 0 long enough that the Watch always speaks first. This swaps the factory JAX's
+  `initialize` calls (a private name); where a JAX version lacks it, the service stays in
+  process 0, as JAX makes it.
+  """
+  from jax._src import distributed
+  real = getattr(distributed, "_jax", None)
+  if process_id != 0 or not hasattr(real, "get_distributed_runtime_service"):
+    yield
+    return
+
+  class Factory:
+    def __getattr__(self, name):
+      return getattr(real, name)
+
+    def get_distributed_runtime_service(self, *args, **kwargs):
+      return _ServiceProcess(timeout, args, kwargs)
+
+  distributed._jax = Factory()
+  try:
+    yield
+  finally:
+    distributed._jax = real
 
 
 class Watch:

@@ -1,6 +1,7 @@
 """Multi-process runs on 127.0.0.1 when a process does not come or is lost: one line each,
 exit status 1, in seconds rather than JAX's minutes and abort."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -97,3 +98,54 @@ def test_processes_started_with_different_counts_or_the_same_id_are_told(tmp_pat
   p0.kill()
   p0.communicate()
   assert "Traceback" not in wrong.stderr
+
+
+SERVICE = """
+import os, signal, sys
+from jax._src import distributed
+from rnnjax import parallel
+parallel.SERVICE_LINGER_S = 600  # the test ends the child itself
+with parallel._service_in_child(0, 30):
+  service = distributed._jax.get_distributed_runtime_service(sys.argv[1], 2)
+print(service.child.pid, flush=True)
+if sys.argv[2] == "die":
+  os.kill(os.getpid(), signal.SIGKILL)
+service.shutdown()
+print(service.child.returncode, flush=True)
+"""
+
+
+def test_the_coordination_service_outlives_a_killed_process_0(tmp_path):
+  """Process 0 hosts JAX's service in a child, so that its death does not take the service
+  with it before the other processes' Watch has spoken."""
+  port = free_port()
+  run = subprocess.run([sys.executable, "-c", SERVICE, f"127.0.0.1:{port}", "die"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == -signal.SIGKILL, run.stderr
+  child = int(run.stdout.split()[0])
+  try:
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+      pass  # still listening after process 0 died
+  finally:
+    os.kill(child, signal.SIGKILL)
+
+
+def test_the_coordination_service_stops_when_process_0_shuts_it_down():
+  port = free_port()
+  run = subprocess.run([sys.executable, "-c", SERVICE, f"127.0.0.1:{port}", "stop"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.split()[1] == "0"  # the child's exit status, once shut down
+
+
+def test_a_taken_coordinator_port_is_a_clear_error():
+  from jax._src import distributed
+
+  from rnnjax import parallel
+  with socket.create_server(("127.0.0.1", 0)) as taken:
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    with parallel._service_in_child(0, 30), pytest.raises(parallel.ParallelError) as e:
+      distributed._jax.get_distributed_runtime_service(address, 2)
+  assert str(e.value).startswith(f"could not start the run's coordination service at {address} "
+                                 "(it ended with exit status")
+  assert "Choose another --coordinator port." in str(e.value)
