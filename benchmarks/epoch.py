@@ -32,6 +32,7 @@ import time
 
 from harness import REPO, error_boundary, timed_windows
 
+from rnnjax import presets
 from rnnjax import allocator  # light: no JAX
 
 EPOCHS = 2  # the second one is compared: no compilation in it
@@ -54,14 +55,13 @@ def bench_epoch_rnnjax(steps_limit: int, synthetic: bool, manual_dir: str | None
                        steps_per_call: int | None = None) -> dict:
   import jax
   import numpy as np
-  from rnnjax import config as config_lib
   from rnnjax import data, steps, train
 
   images, labels = epoch_images(synthetic, manual_dir)
   n = steps_limit * 100 if steps_limit else len(labels)
   train_split = data.Split(images[:n], labels[:n])
   test_split = data.Split(images[:1000], labels[:1000])
-  cfg = config_lib.get_config("tutorial").replace(
+  cfg = presets.get("tutorial").replace(
       epochs=EPOCHS, progress=True, tensorboard=False, plots=False, validation_size=0)
   if steps_per_call:
     cfg = cfg.replace(steps_per_call=steps_per_call)

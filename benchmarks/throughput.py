@@ -56,6 +56,7 @@ from pathlib import Path
 from harness import (ALLOCATORS, Prepared, Worker, allocator_env, error_boundary, interleave,
                      measure_matmul_peak, peak_rss_bytes, serve)
 
+from rnnjax import presets
 from rnnjax import allocator  # light: no JAX
 from rnnjax.config import LSTM_KERNELS
 
@@ -98,11 +99,10 @@ def bench_jax(name: str) -> Prepared:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from rnnjax import config as config_lib
   from rnnjax import lstm_kernel, models, steps, train
 
   mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
-  cfg = config_lib.get_config("tutorial").replace(
+  cfg = presets.get("tutorial").replace(
       hidden_size=hidden, batch_size=batch, cell=cell,
       lstm_kernel=os.environ.get(KERNEL_ENV, "auto"))
   model = models.model_from_config(cfg)

@@ -8,9 +8,8 @@ Command (from the repository root):
                                                                      # per-class accuracy
     python experiments/mnist_lstm.py predict --workdir runs/default digit.png ...
 
-Each preset's expected time and result, as measured: its docstring in rnnjax/presets.py
-(`tutorial`: about 98.7% after 13 epochs; `default`: 99.33% at its best-validation epoch), and
-docs/results.md with hardware and commit.
+Each preset's recipe: its docstring in rnnjax/presets.py; what it reached, where and in how
+long: docs/results.md, generated from the recorded runs (`rnnjax results`).
 
 Stop it with Ctrl-C or SIGTERM (it saves its position inside the epoch) or kill it: the
 same command resumes, and ends exactly as an uninterrupted run would. Offline, the four

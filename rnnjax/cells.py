@@ -1,4 +1,5 @@
-"""Recurrent cells made for long sequences, as Flax cells that `nn.RNN` scans.
+"""Recurrent cells that Flax lacks, as Flax cells that `nn.RNN` scans, and the LSTM's
+gate initialisations. Each cell is registered once, in `rnnjax.config.CELLS`.
 
 Both are discretised second-order dynamics with a carry of two states, `(z, y)`, and emit
 `y`; each is written from its paper's equations (and checked against a float64 NumPy
@@ -100,3 +101,65 @@ class CoRNNCell(_TwoStateCell):
     z = z + self.dt * (jnp.tanh(drive) - self.gamma * y - self.epsilon * z)
     y = y + self.dt * z
     return (z, y), y
+
+
+def identity_init(key, shape, dtype=jnp.float32):
+  """`<dtype>[n, n]` identity matrix (IRNN's recurrent kernel); `key` is unused."""
+  del key
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(f"identity_init needs a square 2-D shape, got {shape}")
+  return jnp.eye(shape[0], dtype=dtype)
+
+
+def irnn_cell(features: int, **kwargs) -> nn.SimpleCell:
+  """IRNN (Le, Jaitly and Hinton 2015, "A Simple Way to Initialize Recurrent Networks of
+  Rectified Linear Units"): `nn.SimpleCell` with ReLU, the recurrent kernel initialised to
+  the identity and the input kernel to N(0, 0.001^2)."""
+  return nn.SimpleCell(features, activation_fn=nn.relu,
+                       kernel_init=nn.initializers.normal(1e-3),
+                       recurrent_kernel_init=identity_init, **kwargs)
+
+
+def with_forget_bias(params: Any, value: float) -> Any:
+  """`params` with `value` added to every forget-gate bias (`.../cell/hf/bias`)."""
+  if value == 0:
+    return params
+
+  def add(path, leaf):
+    names = [getattr(p, "key", None) for p in path]
+    return leaf + value if names[-3:] == ["cell", "hf", "bias"] else leaf
+
+  return jax.tree_util.tree_map_with_path(add, params)
+
+
+def with_chrono_init(params: Any, key: jax.Array, steps: int) -> Any:
+  """`params` with chrono initialisation (Tallec and Ollivier 2018, "Can recurrent neural
+  networks warp time?"): every LSTM layer's forget-gate bias `.../cell/hf/bias` drawn as
+  log(u), u ~ U(1, steps - 1) per unit, and its input-gate bias `.../cell/hi/bias` set to
+  the negative. A unit's memory then starts out lasting about u steps, spread up to the
+  sequence length, instead of the few steps a bias of 0 or 1 gives (sigmoid(1)^t).
+  The other parameters are unchanged. Layer j of the sorted paths draws from
+  `fold_in(key, j)`."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  names = {tuple(getattr(p, "key", None) for p in path): leaf for path, leaf in flat}
+  forget = sorted(n for n in names if n[-3:] == ("cell", "hf", "bias"))
+  biases = {}
+  for j, name in enumerate(forget):
+    leaf = names[name]
+    u = jax.random.uniform(jax.random.fold_in(key, j), leaf.shape, leaf.dtype,
+                           minval=1.0, maxval=max(steps - 1, 1.0))
+    biases[name] = jnp.log(u)
+    biases[name[:-2] + ("hi", "bias")] = -jnp.log(u)
+
+  def replace(path, leaf):
+    return biases.get(tuple(getattr(p, "key", None) for p in path), leaf)
+
+  return jax.tree_util.tree_map_with_path(replace, params)
+
+
+def lstm_gate_init(params: Any, key: jax.Array, steps: int, forget_bias: float = 0.0,
+                   chrono_init: bool = False) -> Any:
+  """The LSTM cells' initialisation options (`Config.forget_bias`, `Config.chrono_init`)
+  applied to freshly initialised `params`; `steps` is the sequence length."""
+  params = with_forget_bias(params, forget_bias)
+  return with_chrono_init(params, key, steps) if chrono_init else params

@@ -261,8 +261,3 @@ def _os_error(e: BaseException) -> OSError | None:
 def _first_line(e: Exception) -> str:
   lines = str(e).strip().splitlines()
   return lines[0][:300] if lines else ""
-
-
-def abstract_like(state):
-  """Shape/dtype structs of `state`'s arrays, for restoring without materialising it."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -20,10 +20,12 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
+from rnnjax import presets
 from rnnjax import allocator  # light: no JAX, no TF
 from rnnjax import config as config_lib
 
@@ -99,7 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir",
                  help="where config.json, metrics.jsonl and checkpoints/ go (default: "
                       "runs/PRESET)")
-  p.add_argument("--preset", default="default", choices=sorted(config_lib.PRESETS),
+  p.add_argument("--preset", default="default", choices=sorted(presets.PRESETS),
                  help="starting configuration; the flags below override it")
   add_config_flags(p)
   g = p.add_argument_group(
@@ -264,7 +266,7 @@ def build_config(args: argparse.Namespace) -> config_lib.Config:
   defaults to `default_manual_dir` of the dataset."""
   overrides = {f.name: getattr(args, f.name) for f, _, _ in config_lib.fields()
                if getattr(args, f.name) is not None}
-  base = config_lib.get_config(args.preset)
+  base = presets.get(args.preset)
   overrides["manual_dir"] = args.manual_dir or _find_manual_dir(
       overrides.get("dataset", base.dataset))
   return base.replace(**overrides)
@@ -298,6 +300,9 @@ def main(argv=None, preset: str = "default") -> int:
   """
   command = argv is None  # run as a command, not called from Python
   argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] == "results":  # tables of finished runs: no JAX, no allocator
+    from rnnjax import results
+    return results.main(argv[1:])
   name = argv[0] if argv and argv[0] in ("evaluate", "predict", "train") else "train"
   state = {"log": None}  # library.log, once the command has opened it
   try:
@@ -326,10 +331,8 @@ def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
   if args.join_timeout > 86400:
     parser.error(f"--join-timeout must be at most 86400 (a day), got {args.join_timeout:g}")
   args.workdir = args.workdir or f"runs/{args.preset}"
-  from rnnjax import resources  # light: the standard library only
   try:
     config = build_config(args)
-    resources.check_memory(config)  # before any allocation, not toward the OOM killer
   except ValueError as e:  # a value or combination argparse cannot check on its own
     parser.error(str(e))  # usage, the message, exit status 2
   if command:  # restart with the tuned allocator (rnnjax/allocator.py)
@@ -337,6 +340,11 @@ def train_main(argv: list[str], preset: str, command: bool, state: dict) -> int:
       allocator.use_tuned_allocator()
     except ValueError as e:
       parser.error(str(e))
+  from rnnjax import resources
+  try:  # before any allocation (the count traces the model, starting no device)
+    resources.check_memory(config)
+  except ValueError as e:
+    parser.error(str(e))
 
   # Imported after parsing, so that --help and usage errors are instant.
   from rnnjax import parallel, reporting
@@ -368,7 +376,8 @@ def run_training(config, args, devices, terminal) -> int:
   """Trains with the one-line errors and exit statuses of the command line."""
   import jax
 
-  from rnnjax import checkpointing, data, parallel, resources, train
+  from rnnjax import checkpointing, data, parallel, resources, signals, train
+  from rnnjax import workdir as workdir_lib
 
   from rnnjax import lstm_kernel
   try:
@@ -382,17 +391,19 @@ def run_training(config, args, devices, terminal) -> int:
         f"{devices[0].platform} device(s) in {jax.process_count()} process(es); {layers}",
         flush=True)
   try:
-    _, history = train.train_and_evaluate(config, args.workdir)
-  except (data.DataError, train.WorkdirError, checkpointing.CheckpointError,
+    from rnnjax import results
+    _, history = train.train_and_evaluate(
+        config, args.workdir, started=time.perf_counter() - results.process_seconds())
+  except (data.DataError, workdir_lib.WorkdirError, checkpointing.CheckpointError,
           train.TrainingDiverged, parallel.ParallelError, resources.ResourceError,
           lstm_kernel.KernelUnavailable) as e:
     print(f"error: {e}", file=terminal)
     parallel.finish(error=str(e))
     return 1
-  except train.Preempted as e:
+  except signals.Preempted as e:
     print(f"{e}", file=terminal)
     return 128 + e.signum
-  except train.Interrupted as e:
+  except signals.Interrupted as e:
     print(f"\n{e}", file=terminal)
     return 128 + e.signum
   except KeyboardInterrupt:

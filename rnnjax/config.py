@@ -4,8 +4,8 @@ A `Config` says everything that decides what a run computes: model, optimiser, d
 epochs. Presets are plain functions of no arguments (rnnjax/presets.py); override fields
 with `dataclasses.replace` (or `Config.replace`), never by mutation::
 
-    from rnnjax import config as cfg
-    c = cfg.get_config("tutorial").replace(epochs=3, seed=1)
+    from rnnjax import presets
+    c = presets.get("tutorial").replace(epochs=3, seed=1)
 
 Where the data lives (`data_dir`, `manual_dir`, `data_source`) is part of the value too, so a
 notebook can pass one object around, but it does not affect the numbers: the tfds and IDX
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 # Fields whose change alters the structure or shapes of the train state. Resuming a workdir
 # whose stored config differs in one of these cannot work; the loop says so and suggests a
@@ -44,8 +44,80 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 # raster order, or in a fixed random order: permuted sequential MNIST).
 TASKS = ("rows", "pixels", "permuted")
 SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}  # [time, features]
-CELLS = ("lstm", "lstm_cell", "gru", "tanh", "irnn", "lem", "cornn", "lru")
 READOUTS = ("last", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+  """A recurrent cell as runs build it: the one place that names it, its options and the
+  fast layers that can run it. Everything else reads `CELLS`: the model, its carry (from the
+  cell's `initialize_carry`), the parameter count and memory estimate (from the model),
+  `validate`, the flags, and the docs' tables.
+
+  Objects are named as "module:attribute" strings and imported only when a model is built,
+  so that this module stays light (no JAX, no Flax).
+
+  Attributes:
+    make: `make(hidden_size, **options) -> cell`, an unbound Flax cell that `nn.RNN` scans;
+      with `model=True`, `make(config) -> module`, a whole sequence model (as `lru`).
+    doc: what it is, in a few words (the --cell flag's help, the docs' tables).
+    family: how messages name it ("LSTM": lstm and lstm_cell share their options).
+    options: the `Config` fields the cell reads -> `make`'s keyword for each (a value of
+      None is left out, so that the cell's own default holds).
+    init: `init(params, key, steps, **init_options) -> params`, applied after `model.init`.
+    init_options: the `Config` fields `init` reads, by name.
+    layers: implementation (`cpu`, `cudnn`) -> the layer class that runs the cell faster
+      than `nn.RNN`'s scan, with the same fields and parameters.
+    model: `make` builds the whole model (no `nn.RNN` layers, no bidirectional).
+    units: for a whole model, the floats per time step and example that the memory
+      estimate counts (default: `hidden_size` per layer and direction).
+  """
+
+  make: str
+  doc: str
+  family: str = ""
+  options: dict[str, str] = dataclasses.field(default_factory=dict)
+  init: str | None = None
+  init_options: tuple[str, ...] = ()
+  layers: dict[str, str] = dataclasses.field(default_factory=dict)
+  model: bool = False
+  units: Callable[["Config"], int] | None = None
+
+  def reads(self) -> tuple[str, ...]:
+    """Every `Config` field this cell reads."""
+    return (*self.options, *self.init_options)
+
+
+_LSTM_INIT = dict(init="rnnjax.cells:lstm_gate_init", init_options=("forget_bias", "chrono_init"))
+
+CELLS: dict[str, CellSpec] = {
+    "lstm": CellSpec(
+        "flax.linen:OptimizedLSTMCell", "nn.OptimizedLSTMCell", "LSTM", **_LSTM_INIT,
+        layers={"cpu": "rnnjax.lstm_kernel:KernelLSTM", "cudnn": "rnnjax.cudnn:CudnnLSTM"}),
+    "lstm_cell": CellSpec("flax.linen:LSTMCell", "nn.LSTMCell: same parameters and numbers, "
+                          "unfused", "LSTM", **_LSTM_INIT),
+    "gru": CellSpec("flax.linen:GRUCell", "nn.GRUCell", "GRU"),
+    "tanh": CellSpec("flax.linen:SimpleCell", "nn.SimpleCell, an Elman RNN", "tanh"),
+    "irnn": CellSpec("rnnjax.cells:irnn_cell", "ReLU RNN, identity-initialised recurrence, "
+                     "Le et al. 2015", "IRNN"),
+    "lem": CellSpec("rnnjax.cells:LEMCell", "Long Expressive Memory, Rusch et al. 2022", "LEM",
+                    options={"cell_dt": "dt"}, layers={"cpu": "rnnjax.lem_kernel:KernelLEM"}),
+    "cornn": CellSpec("rnnjax.cells:CoRNNCell", "coupled oscillatory RNN, Rusch and Mishra "
+                      "2021", "coRNN", options={"cell_dt": "dt", "cornn_gamma": "gamma",
+                                                "cornn_epsilon": "epsilon"}),
+    "lru": CellSpec(
+        "rnnjax.lru:from_config", "a deep model of Linear Recurrent Units computed in "
+        "parallel over time, Orvieto et al. 2023: --hidden-size is its width, --num-layers its "
+        "blocks, rnnjax.lru", "LRU", options={"state_size": "state_size"}, model=True,
+        units=lambda c: c.num_layers * (c.hidden_size + 2 * c.state_size)),  # complex states
+}
+
+
+def load(name: str):
+  """The object a "module:attribute" string names (`CellSpec`'s references)."""
+  import importlib
+  module, _, attribute = name.partition(":")
+  return getattr(importlib.import_module(module), attribute)
 
 
 def _field(default, help: str, *, group: str, choices: tuple | None = None, low=None,
@@ -86,13 +158,8 @@ class Config:
       0, "seed of the permuted task's pixel order (unused by other tasks)", group=MODEL,
       low=0, high=MAX_SEED, high_text="2**63 - 1")
   cell: str = _field(
-      "lstm", "recurrent cell: lstm (nn.OptimizedLSTMCell), lstm_cell (nn.LSTMCell: same "
-      "parameters and numbers, unfused), gru (nn.GRUCell), tanh (nn.SimpleCell, an Elman "
-      "RNN), irnn (ReLU RNN, identity-initialised recurrence, Le et al. 2015), lem (Long "
-      "Expressive Memory, Rusch et al. 2022), cornn (coupled oscillatory RNN, Rusch and "
-      "Mishra 2021) or lru (a deep model of Linear Recurrent Units computed in parallel over "
-      "time, Orvieto et al. 2023: --hidden-size is its width, --num-layers its blocks, "
-      "rnnjax.lru)", group=MODEL, choices=CELLS)
+      "lstm", "recurrent cell: " + ", ".join(f"{k} ({v.doc})" for k, v in CELLS.items()),
+      group=MODEL, choices=tuple(CELLS))
   state_size: int = _field(64, "the lru's complex state per block", group=MODEL, low=1)
   cell_dt: float | None = _field(
       None, "time step of the lem and cornn cells (default: the authors' sequential-MNIST "
@@ -321,34 +388,25 @@ def validate(c: Config) -> list[str]:
   if ok("weight_decay") and c.weight_decay > 0 and c.optimizer != "adamw":
     errors.append(f"weight_decay is used by optimizer 'adamw' only (optimizer is "
                   f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
-  if c.cell == "lru" and c.bidirectional is True:
-    errors.append("bidirectional applies to the recurrent cells, not to lru (its blocks "
-                  "read the whole sequence at once); leave it off")
-  if ok("forget_bias") and c.forget_bias != 0 and c.cell not in ("lstm", "lstm_cell"):
-    errors.append(f"forget_bias applies to the LSTM cells only (cell is {c.cell!r}); "
-                  "leave it at 0")
-  if c.chrono_init is True and c.cell not in ("lstm", "lstm_cell"):
-    errors.append(f"chrono_init applies to the LSTM cells only (cell is {c.cell!r}); "
-                  "leave it off")
-  elif c.chrono_init is True and ok("forget_bias") and c.forget_bias != 0:
+  spec = CELLS.get(c.cell)
+  if spec is not None:
+    if spec.model and c.bidirectional is True:
+      errors.append(f"bidirectional applies to the recurrent cells, not to {c.cell} (a model "
+                    "of its own, whose blocks read the whole sequence at once); leave it off")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for option in dict.fromkeys(o for s in CELLS.values() for o in s.reads()):
+      value = getattr(c, option)
+      if option in spec.reads() or value == defaults[option] or not ok(option):
+        continue
+      families = list(dict.fromkeys(s.family for s in CELLS.values() if option in s.reads()))
+      one = len(families) == 1 and sum(option in s.reads() for s in CELLS.values()) == 1
+      errors.append(f"{option} applies to the {' and '.join(families)} "
+                    f"{'cell' if one else 'cells'} only (cell is {c.cell!r}); leave it at "
+                    f"{defaults[option]!r}")
+  if c.chrono_init is True and ok("forget_bias") and c.forget_bias != 0:
     errors.append("chrono_init sets the forget-gate biases itself; leave forget_bias at 0 "
                   "with it")
   return errors
-
-
-# Presets live in rnnjax/presets.py; these two names stay here for code that reads them so.
-
-def get_config(name: str = "default") -> Config:
-  """Returns the preset called `name` (one of `rnnjax.presets.PRESETS`)."""
-  from rnnjax import presets
-  return presets.get(name)
-
-
-def __getattr__(name: str):
-  if name == "PRESETS":  # config.PRESETS: the table in rnnjax/presets.py
-    from rnnjax import presets
-    return presets.PRESETS
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shape_differences(old: dict[str, Any], new: Config) -> list[str]:

@@ -70,13 +70,13 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
           f"{workdir_lib.CONFIGS_FILE}", file=reporting.console(), flush=True)
   if config.lstm_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
     config = config.replace(lstm_kernel="auto")
-  from rnnjax import train  # the loop's own reading of the workdir's task
+  from rnnjax import workdir as workdir_lib  # the loop's own reading of the workdir's task
   try:
-    task = train.load_task(workdir, config)
-  except train.WorkdirError as e:
+    task = workdir_lib.load_task(workdir, config)
+  except workdir_lib.WorkdirError as e:
     raise InferenceError(str(e)) from None
-  if config.task == "permuted" and not (workdir / train.PERMUTATION_FILE).is_file():
-    raise InferenceError(f"{workdir} lacks {train.PERMUTATION_FILE}, the pixel order its "
+  if config.task == "permuted" and not (workdir / workdir_lib.PERMUTATION_FILE).is_file():
+    raise InferenceError(f"{workdir} lacks {workdir_lib.PERMUTATION_FILE}, the pixel order its "
                          "permuted-task checkpoints were trained with.")
   if not (workdir / "checkpoints").is_dir():
     raise InferenceError(f"{workdir} has no checkpoints/ folder yet: let the run finish an "

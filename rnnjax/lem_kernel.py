@@ -84,16 +84,6 @@ def _layer_bwd(dt, res, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
-def lem(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array],
-        dt: float = cells.LEM_DT) -> jax.Array:
-  """`nn.RNN(LEMCell(H, dt))` with parameters `cell_params` (its `cell` subtree) on
-  batch-major `x <f32>[B, T, F]` from `carry = (z0, y0)`: outputs `<f32>[B, T, H]`.
-
-  Needs `lstm_kernel.status()[0]` (the library is loaded there)."""
-  ys, _ = _layer(float(dt), jnp.swapaxes(x, 0, 1), *_weights(cell_params), *carry)
-  return jnp.swapaxes(ys[1:], 0, 1)
-
-
 class KernelLEM(kernel_lib.KernelRNN):
   """`nn.RNN(cells.LEMCell(H))`, run by the CPU kernel: a drop-in as `lstm_kernel.KernelLSTM`
   is for the LSTM (same fields, parameters and call; `init` runs `nn.RNN`'s own scan)."""

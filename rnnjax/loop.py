@@ -70,8 +70,21 @@ def unstack(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
+# The step's metrics by kind, one rule each (`accumulate`, then `epoch_metrics`):
+#   sums over the batch's examples: added up, then divided by the examples once per epoch
+#     (`loss_sum` -> `loss`, `correct` -> `accuracy`, with `correct` and `count` kept);
+#   arrays (the confusion matrix): added up;
+#   any other scalar is a number per step (`grad_norm`): the epoch reports its mean over
+#     the steps and its largest (`grad_norm`, `grad_norm_max`).
+# So a new number returned by `steps.train_step` reaches metrics.jsonl, the epoch's
+# TensorBoard scalars and the checkpoints' running totals with no other change.
+EXAMPLE_SUMS = ("loss_sum", "correct", "count")
+
+
 def accumulate(totals: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> dict[str, Any]:
-  """Adds per-batch host metrics, in order, to running totals (float64 / int).
+  """Adds per-batch host metrics, in order, to running totals (float64 / int): example
+  sums and arrays are added, each per-step number `x` kept as `x_sum`, `x_max` and the
+  `steps` counted.
 
   Adding in chunks gives the same floats as adding all at once, so an epoch split by a
   resume sums to exactly what an uninterrupted epoch does.
@@ -81,14 +94,31 @@ def accumulate(totals: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> 
     totals["loss_sum"] += float(m["loss_sum"])
     totals["correct"] += int(m["correct"])
     totals["count"] += int(m["count"])
-    if "grad_norm" in m:  # training steps: the mean and largest gradient norm
-      norm = float(m["grad_norm"])
+    per_step = [k for k, v in m.items() if k not in EXAMPLE_SUMS and not np.ndim(v)]
+    if per_step:
       totals["steps"] = totals.get("steps", 0) + 1
-      totals["grad_norm_sum"] = totals.get("grad_norm_sum", 0.0) + norm
-      totals["grad_norm_max"] = max(totals.get("grad_norm_max", 0.0), norm)
-    if "confusion" in m:
-      totals["confusion"] = totals.get("confusion", 0) + np.asarray(m["confusion"], np.int64)
+    for k in per_step:
+      value = float(m[k])
+      totals[f"{k}_sum"] = totals.get(f"{k}_sum", 0.0) + value
+      totals[f"{k}_max"] = max(totals.get(f"{k}_max", value), value)
+    for k, v in m.items():
+      if np.ndim(v):
+        totals[k] = totals.get(k, 0) + np.asarray(v, np.int64)
   return totals
+
+
+def epoch_metrics(totals: dict[str, Any]) -> dict[str, Any]:
+  """The epoch's numbers from its totals, divided once: `loss` and `accuracy` per example,
+  `correct` and `count`, and each per-step number's mean and largest (`x`, `x_max`)."""
+  count = max(totals["count"], 1)
+  out = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count,
+         "correct": totals["correct"], "count": totals["count"]}
+  for key in totals:
+    if key.endswith("_sum") and key != "loss_sum":
+      name = key[:-len("_sum")]
+      out[name] = totals[key] / max(totals.get("steps", 0), 1)
+      out[f"{name}_max"] = totals[f"{name}_max"]
+  return out
 
 
 class Diverged(Exception):

@@ -163,3 +163,11 @@ class LRUClassifier(nn.Module):
       t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
       return head(jnp.cumsum(x, axis=1) / t)
     return head(jnp.mean(x, axis=1))
+
+
+def from_config(config) -> LRUClassifier:
+  """The model a `Config` with `cell="lru"` describes: width `hidden_size`, `num_layers`
+  blocks of state `state_size` (its registration, `rnnjax.config.CELLS`)."""
+  return LRUClassifier(d_model=config.hidden_size, state_size=config.state_size,
+                       num_blocks=config.num_layers, num_classes=config.num_classes,
+                       dropout=config.dropout, readout=config.readout)

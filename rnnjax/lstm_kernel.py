@@ -60,7 +60,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnjax.config import LSTM_KERNELS
+from rnnjax.config import CELLS, LSTM_KERNELS
 
 MODES = LSTM_KERNELS  # auto, cpu, cudnn, xla
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
@@ -381,7 +381,8 @@ def _loaded() -> ctypes.CDLL:
 
 def describe(config) -> str:
   """How `config`'s recurrent layers run in this process, for the run's first line."""
-  if config.cell not in ("lstm", "lem"):
+  layers = CELLS[config.cell].layers  # the faster layers the cell registers, if any
+  if not layers:
     return f"{config.cell} layers: nn.RNN scan"
   what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()
   if config.lstm_kernel == "xla":
@@ -392,7 +393,7 @@ def describe(config) -> str:
                             "auto (cuDNN on a GPU, else the CPU kernel or the nn.RNN scan) or "
                             "xla.")
   if config.lstm_kernel != "cpu" and resolve(config.lstm_kernel) == "cudnn":
-    if config.cell == "lstm":
+    if "cudnn" in layers:
       return f"{what}: {cudnn.status()[1]}"
     return f"{what}: nn.RNN scan (cuDNN runs LSTM layers only)"
   ok, why = status()
@@ -431,11 +432,6 @@ def resolve(mode: str, dtype=jnp.float32) -> str:
     raise KernelUnavailable(f"lstm_kernel 'cpu' cannot run here: {why}. Use 'auto' (the "
                             "scan where the kernel cannot run) or 'xla'.")
   return "cpu" if ok else "xla"
-
-
-def use_kernel(mode: str, x: jax.Array) -> bool:
-  """Whether a layer whose input is `x` runs on the kernel under `mode` (`resolve`)."""
-  return resolve(mode, x.dtype) == "cpu"
 
 
 def _shape(*dims):
@@ -540,6 +536,7 @@ class KernelRNN(nn.RNN):
     if inputs.dtype != jnp.float32:
       raise KernelUnavailable(f"{name} computes in float32, the input is {inputs.dtype}; "
                               "use lstm_kernel 'xla'")
+    _loaded()  # a layer built by hand loads the kernel on first use (or says why it cannot)
     x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
     if reverse:
       x = jnp.flip(x, 0)

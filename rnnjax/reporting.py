@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+METRICS_FILE = "metrics.jsonl"  # a record per epoch, written by this module alone (RunWriter)
+
 
 _console = None
 
@@ -171,19 +173,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class RunWriter:
-  """The epoch's outputs behind one call: the line (through `log`), metrics.jsonl,
-  TensorBoard events and the plots. Only process 0 writes (`enabled`).
+  """The epoch's outputs behind one call: the line (through `log`), metrics.jsonl (whose
+  only writer it is), summary.json (`rnnjax.results`), TensorBoard events and the plots. Only process 0 writes (`enabled`).
 
   metrics.jsonl follows the checkpoint the run resumed from: on opening, it is rewritten
   with `history` (lines of epochs the checkpoint does not hold are dropped).
   """
 
   def __init__(self, workdir: Path, config, history: list[dict[str, Any]], log,
-               enabled: bool = True):
+               enabled: bool = True, engine: str = "", started: float | None = None):
     self.workdir, self.config, self.history, self.log = Path(workdir), config, history, log
-    self.enabled, self.board = enabled, None
+    self.enabled, self.board, self.engine = enabled, None, engine
+    self.started = time.perf_counter() if started is None else started
     if enabled:
-      write_jsonl(self.workdir / "metrics.jsonl", history)
+      from rnnjax import results
+      self.earlier = results.command_seconds_so_far(self.workdir)  # the command's resumes
+      write_jsonl(self.workdir / METRICS_FILE, history)
       if config.tensorboard:
         try:
           from rnnjax import tensorboard
@@ -196,7 +201,11 @@ class RunWriter:
     self.log(epoch_line(record))
     if not self.enabled:
       return
-    append_jsonl(self.workdir / "metrics.jsonl", record)
+    append_jsonl(self.workdir / METRICS_FILE, record)
+    from rnnjax import results
+    write_json_atomic(self.workdir / results.SUMMARY_FILE, results.summary(
+        self.config, self.history, self.engine,
+        self.earlier + time.perf_counter() - self.started))
     if self.board is not None:
       self.board.write_epoch(record)
     if self.config.plots:
@@ -207,9 +216,30 @@ class RunWriter:
         print(f"warning: could not write the plots in {self.workdir} ({type(e).__name__}: "
               f"{e})", file=console(), flush=True)
 
+  def write_diverged(self, epoch: int, step: int, loss: float) -> None:
+    """The last line of a run whose loss stopped being finite (no TensorBoard, no plots)."""
+    if self.enabled:
+      append_jsonl(self.workdir / METRICS_FILE, {"epoch": epoch, "step": step,
+                                                    "diverged": True, "train_loss": loss})
+
   def close(self) -> None:
     if self.board is not None:
       self.board.close()
+
+
+def repair_metrics(workdir: Path, history: list[dict[str, Any]], warn) -> None:
+  """Rewrites a finished run's metrics.jsonl from its last checkpoint's history when the
+  file no longer holds it (a half-written line, a damaged or missing file); `warn` says so."""
+  path = Path(workdir) / METRICS_FILE
+  try:
+    intact = [r for r in read_jsonl(path) if not r.get("diverged")] == \
+        json_safe(history) and path.read_bytes().endswith(b"\n")
+  except (OSError, ValueError, AttributeError):
+    intact = False
+  if not intact:
+    write_jsonl(path, history)
+    warn(f"warning: {path} did not hold the run's {len(history)} epochs; rewrote it from "
+         "the last checkpoint")
 
 
 def shown(path) -> str:

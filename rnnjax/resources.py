@@ -9,17 +9,18 @@ two moments and the copy a donated update keeps in flight (five float32 copies),
 activations one training step keeps for its backward pass, the stacked batches of one call
 of the step function, and one evaluation batch's activations. It is an estimate, not a
 measurement (XLA fuses and reuses buffers): its job is to refuse a run that cannot fit long
-before the allocation, with the figure, instead of climbing toward the OOM killer. Light:
-the standard library only.
+before the allocation, with the figure, instead of climbing toward the OOM killer. Light
+to import: JAX is imported only to count a model's parameters.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-from rnnjax.config import SEQUENCE_SHAPES, Config
+from rnnjax.config import CELLS, SEQUENCE_SHAPES, Config
 
 FLOAT32 = 4
 STATE_COPIES = 5  # parameters, gradients, Adam's mu and nu, the donated update in flight
@@ -34,40 +35,25 @@ class ResourceError(ValueError):
   """The run cannot fit this machine (or the given limit); the message has the estimate."""
 
 
-def _cell_parameters(cell: str, inputs: int, hidden: int) -> int:
-  if cell in ("lstm", "lstm_cell"):
-    return 4 * (inputs * hidden + hidden * hidden + hidden)
-  if cell == "lem":  # input [F, 4H] + bias, hidden [H, 3H] + bias, z [H, H] + bias
-    return 4 * inputs * hidden + 4 * hidden * hidden + 8 * hidden
-  if cell == "cornn":  # input [F, H] + bias, z and y [H, H]
-    return inputs * hidden + hidden + 2 * hidden * hidden
-  if cell == "gru":  # ir, iz, in with biases; hr, hz; hn with a bias
-    return 3 * inputs * hidden + 3 * hidden * hidden + 4 * hidden
-  return inputs * hidden + hidden * hidden + hidden  # tanh, irnn
-
-
 def parameter_count(config: Config) -> int:
-  """The model's parameters: every recurrent layer (each direction) and the dense readout."""
-  _, features = SEQUENCE_SHAPES[config.task]
-  if config.cell == "lru":  # encoder, blocks (norm, LRU, gated linear unit), readout
-    h, n = config.hidden_size, config.state_size
-    block = 2 * h + 3 * n + 4 * n * h + h + 2 * h * h + 2 * h
-    return (features * h + h + config.num_layers * block + h * config.num_classes
-            + config.num_classes)
-  directions = 2 if config.bidirectional else 1
-  total, inputs = 0, features
-  for _ in range(config.num_layers):
-    total += directions * _cell_parameters(config.cell, inputs, config.hidden_size)
-    inputs = directions * config.hidden_size
-  return total + inputs * config.num_classes + config.num_classes
+  """The model's parameters, counted on the model itself: `jax.eval_shape` of its `init`
+  traces it without allocating anything (a second or so for the largest presets)."""
+  import jax
+  import jax.numpy as jnp
+
+  from rnnjax import models
+  model = models.model_from_config(config.replace(lstm_kernel="xla"))
+  x = jax.ShapeDtypeStruct((1, *SEQUENCE_SHAPES[config.task]), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
 
 
 def estimate(config: Config) -> dict[str, Any]:
   """Estimated bytes of a training run of `config`, by part (see the module docstring)."""
   time_steps, features = SEQUENCE_SHAPES[config.task]
   units = config.hidden_size * config.num_layers * (2 if config.bidirectional else 1)
-  if config.cell == "lru":  # the complex states (two floats each) beside the features
-    units = config.num_layers * (config.hidden_size + 2 * config.state_size)
+  if CELLS[config.cell].units is not None:
+    units = CELLS[config.cell].units(config)
   params = parameter_count(config)
   steps_in_call = min(config.steps_per_call, config.steps_per_epoch)
   parts = {

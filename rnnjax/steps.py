@@ -62,12 +62,15 @@ def input_shape(config) -> tuple[int, int, int]:
   return (1, *config_lib.SEQUENCE_SHAPES[config.task])
 
 
-def create_train_state(config, key: jax.Array) -> TrainState:
-  """Initial parameters from `key` (forget-gate bias included), and the optimizer of
-  `config`."""
+def create_train_state(config, key: jax.Array,
+                       steps_per_epoch: int | None = None) -> TrainState:
+  """Initial parameters from `key` (the cell's own initialisation included), and the
+  optimizer of `config` over epochs of `steps_per_epoch` steps (None: the full training
+  split's, `config.steps_per_epoch`)."""
   model = models.model_from_config(config)
   params = models.init_params(model, key, jnp.zeros(input_shape(config), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           tx=make_optimizer(config, steps_per_epoch))
 
 
 def dropout_key(config) -> jax.Array:
@@ -190,9 +193,7 @@ def summarize(metrics: list[Metrics] | Metrics) -> dict[str, Any]:
   if isinstance(metrics, dict):
     metrics = [metrics]
   t = accumulate(None, metrics)
-  count = max(t["count"], 1)
-  out = {"loss": t["loss_sum"] / count, "accuracy": t["correct"] / count,
-         "correct": t["correct"], "count": t["count"]}
+  out = loop.epoch_metrics(t)
   if "confusion" in t:
     out["confusion"] = t["confusion"]  # <int64>[C, C] NumPy
   return out

@@ -5,8 +5,9 @@ JAX-only GPU machines too)::
 
     tensorboard --logdir runs/        # one run per workdir
 
-Scalars, at the global training step: `train/loss`, `train/accuracy`, `test/loss`,
-`test/accuracy`, `learning_rate`, `images_per_second`, `epoch`. Hyperparameters: the whole
+Scalars, at the global training step: every number of the epoch's metrics.jsonl record,
+under its key (`tag`: `train/loss`, `val/accuracy`, `test/loss`, `grad_norm`,
+`grad_norm_max`, `learning_rate`, `images_per_second`, ...). Hyperparameters: the whole
 Config in the HPARAMS tab (with the final test accuracy and loss as its metrics), and as a
 text summary. A resumed run appends a new event file; TensorBoard merges them.
 Off with `Config.tensorboard = False` (`--no-tensorboard`).
@@ -18,14 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-SCALARS = {  # TensorBoard tag -> metrics.jsonl key
-    "train/loss": "train_loss", "train/accuracy": "train_accuracy",
-    "val/loss": "val_loss", "val/accuracy": "val_accuracy",
-    "test/loss": "test_loss", "test/accuracy": "test_accuracy",
-    "grad_norm/mean": "grad_norm", "grad_norm/max": "grad_norm_max",
-    "learning_rate": "learning_rate", "images_per_second": "images_per_second",
-    "epoch": "epoch",
-}
+SPLITS = ("train", "val", "test")
+
+
+def tag(key: str) -> str:
+  """The TensorBoard tag of a metrics.jsonl key: a split's numbers grouped under it
+  (`train_loss` -> `train/loss`), every other key as it is (`grad_norm`)."""
+  split, _, rest = key.partition("_")
+  return f"{split}/{rest}" if split in SPLITS and rest else key
 
 
 def _hparam_value(v: Any):
@@ -55,9 +56,9 @@ class Writer:
   def write_epoch(self, record: dict[str, Any]) -> None:
     """Scalars of one metrics.jsonl record at its global step."""
     step = int(record["step"])
-    for tag, key in SCALARS.items():
-      if key in record:
-        self._writer.add_scalar(tag, float(record[key]), step)
+    for key, value in record.items():  # every number of the record, none left out
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(tag(key), float(value), step)
     self._writer.add_scalar("hparam/test_accuracy", float(record["test_accuracy"]), step)
     self._writer.add_scalar("hparam/test_loss", float(record["test_loss"]), step)
     if "val_accuracy" in record:

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnjax import reporting
+from rnnjax import data, reporting
+from rnnjax.reporting import METRICS_FILE
 from rnnjax.config import Config, shape_differences
 
 CONFIG_FILE = "config.json"
 CONFIGS_FILE = "configs.jsonl"
-METRICS_FILE = "metrics.jsonl"
 PERMUTATION_FILE = "permutation.json"
 LOCK_FILE = "lock"
 CHECKPOINTS = "checkpoints"
@@ -321,3 +321,49 @@ def describe_configs(workdir: Path) -> str | None:
     name = r["config"].get("name", "?")
     parts.append(f"{name} (from epoch {first}" + (f" to {nxt['epoch']})" if nxt else " on)"))
   return ", ".join(parts)
+
+
+def load_task(workdir: Path, config: Config,
+              warn: Callable[[str], Any] | None = None) -> data.Task:
+  """The run's task. For `permuted`, the pixel order stored in `workdir/permutation.json`
+  when there is one (a resumed or evaluated run reads pixels as it was trained), else the
+  one drawn from `config.permutation_seed` (`store_task` writes it). A stored order must be
+  784 distinct integers recorded with `config.permutation_seed`; one that this NumPy would
+  not draw from that seed is used with a warning."""
+  if config.task != "permuted":
+    return data.make_task(config.task)
+  stored = workdir / PERMUTATION_FILE
+  drawn = data.make_task("permuted", config.permutation_seed)
+  if not stored.exists():
+    return drawn
+  fix = ("the run's checkpoints only make sense with their own pixel order. Restore the "
+         "file, or train in a new --workdir.")
+  try:
+    d = json.loads(stored.read_text())
+    order, seed = d["permutation"], d["permutation_seed"]
+    if not (isinstance(order, list) and all(type(i) is int for i in order)
+            and sorted(order) == list(range(len(drawn.permutation)))):
+      raise ValueError("its permutation is not the 784 pixel indices as integers")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(f"{stored} is unreadable or not a permutation of the 784 pixels ({e}); "
+                       + fix) from None
+  if seed != config.permutation_seed:
+    raise WorkdirError(f"{stored} holds the pixel order of permutation_seed {seed!r}, not "
+                       f"{config.permutation_seed}; " + fix)
+  if order != drawn.permutation.tolist():  # the stored order is what the run trained with
+    (warn or _say)(f"warning: {stored} holds another order than permutation_seed {seed} draws here "
+          "(another NumPy, or an edited file); the run reads pixels in the stored order, as "
+          "its checkpoints were trained")
+  return data.make_task("permuted", permutation=order)
+
+
+def store_task(workdir: Path, config: Config, task: data.Task) -> None:
+  """Writes the permuted task's pixel order next to config.json (once)."""
+  stored = workdir / PERMUTATION_FILE
+  if task.name == "permuted" and not stored.exists():
+    reporting.write_json_atomic(stored, {"permutation_seed": config.permutation_seed,
+                                         "permutation": task.permutation.tolist()})
+
+
+def _say(message: str) -> None:
+  print(message, file=reporting.console(), flush=True)

@@ -29,14 +29,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
 
 import pytest  # noqa: E402
 
-from rnnjax import config as config_lib  # noqa: E402
+from rnnjax import presets  # noqa: E402
 from rnnjax import data  # noqa: E402
 from tests.helpers import HAVE_MNIST, MNIST_DIR, synthetic_split  # noqa: E402
 
 
 @pytest.fixture
 def tiny_config():
-  return config_lib.get_config("tiny")
+  return presets.get("tiny")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnnjax import config, data, train
+from rnnjax import presets
+from rnnjax import data, train
 from tests.helpers import (REPO, SCRIPT, TINY, check_refused, requires_mnist, run_cli,
                            snapshot)
 
@@ -18,7 +19,7 @@ from tests.helpers import (REPO, SCRIPT, TINY, check_refused, requires_mnist, ru
 def good_workdir(tmp_path, tiny_splits):
   """A workdir holding one finished epoch of the tiny preset (8 units, batch 16)."""
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits, log=lambda s: None)
+  train.train_and_evaluate(presets.get("tiny"), workdir, tiny_splits, log=lambda s: None)
   return workdir
 
 

@@ -15,7 +15,6 @@ import throughput  # noqa: E402
 
 SCRIPT = REPO / "benchmarks" / "throughput.py"
 EPOCH = REPO / "benchmarks" / "epoch.py"
-FORMER = REPO / "experiments" / "benchmark.py"  # the former name: forwards to the two
 
 
 def test_flops_per_image_by_hand():
@@ -39,11 +38,10 @@ def test_flops_per_image_by_hand():
 
 
 def test_unknown_setting_is_a_usage_error():
-  for script in (SCRIPT, FORMER):
-    r = subprocess.run([sys.executable, str(script), "--settings", "huge"],
-                       capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and "unknown setting(s) huge" in r.stderr
-  r = subprocess.run([sys.executable, str(FORMER), "--epoch", "--epoch-steps", "-1"],
+  r = subprocess.run([sys.executable, str(SCRIPT), "--settings", "huge"],
+                     capture_output=True, text=True, cwd=REPO)
+  assert r.returncode == 2 and "unknown setting(s) huge" in r.stderr
+  r = subprocess.run([sys.executable, str(EPOCH), "--epoch-steps", "-1"],
                      capture_output=True, text=True, cwd=REPO)
   assert r.returncode == 2 and "--epoch-steps must be >= 0" in r.stderr
 

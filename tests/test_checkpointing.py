@@ -2,7 +2,9 @@ import jax
 import numpy as np
 import pytest
 
+from rnnjax import presets
 from rnnjax import checkpointing, steps
+from tests.helpers import abstract_like
 
 
 def test_round_trip_is_exact(tiny_config, tmp_path):
@@ -15,7 +17,7 @@ def test_round_trip_is_exact(tiny_config, tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path / "ck")
   ckpt.save(1, state, {"epoch": 1, "history": [{"a": 1.5}]}, {"val_accuracy": 0.5})
   fresh = steps.create_train_state(tiny_config, jax.random.key(9))
-  restored, meta, step = ckpt.restore(checkpointing.abstract_like(fresh))
+  restored, meta, step = ckpt.restore(abstract_like(fresh))
   assert step == 1 and meta == {"epoch": 1, "history": [{"a": 1.5}]}
   assert int(restored.step) == 1
   for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
@@ -56,13 +58,12 @@ def test_a_checkpoint_with_non_finite_parameters_is_never_taken_for_a_good_one(t
   purpose: evaluate and predict fall back to the newest good one or refuse it by number,
   and a resumed run sets it aside and continues from the good one."""
   import json
-  from rnnjax import config as config_lib
   from rnnjax import inference, train
-  tiny = config_lib.get_config("tiny").replace(epochs=2)  # steps 4 and 8
+  tiny = presets.get("tiny").replace(epochs=2)  # steps 4 and 8
   workdir = tmp_path / "w"
   train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints")
-  state, meta, _ = ckpt.restore(checkpointing.abstract_like(
+  state, meta, _ = ckpt.restore(abstract_like(
       steps.create_train_state(tiny, jax.random.key(0))))
   for bad in (np.nan, np.inf):
     broken = state.replace(params=jax.tree.map(lambda p: p * bad, state.params))

@@ -4,21 +4,22 @@ import types
 
 import pytest
 
+from rnnjax import presets
 from rnnjax import config as config_lib
 
 
 def test_presets():
-  t = config_lib.get_config("tutorial")
+  t = presets.get("tutorial")
   # The original tutorial, exactly.
   assert (t.hidden_size, t.batch_size, t.learning_rate, t.epochs, t.schedule,
           t.grad_clip_norm, t.optimizer) == (256, 100, 1e-3, 13, "constant", 0.0, "adam")
-  d = config_lib.get_config("default")
+  d = presets.get("default")
   assert d.schedule == "cosine" and d.grad_clip_norm > 0
-  assert config_lib.get_config("tiny").hidden_size < 32
+  assert presets.get("tiny").hidden_size < 32
 
 
 def test_frozen_and_replace():
-  c = config_lib.get_config("tiny")
+  c = presets.get("tiny")
   with pytest.raises(dataclasses.FrozenInstanceError):
     c.epochs = 3
   c2 = c.replace(epochs=3)
@@ -32,36 +33,36 @@ def test_frozen_and_replace():
     ("augment_shift", -1), ("augment_shift", 14), ("steps_per_call", 0)])
 def test_invalid_values_rejected(field, value):
   with pytest.raises(ValueError, match=field):
-    config_lib.get_config("tiny").replace(**{field: value})
+    presets.get("tiny").replace(**{field: value})
 
 
 def test_unknown_preset():
   with pytest.raises(ValueError, match="unknown preset 'big'"):
-    config_lib.get_config("big")
+    presets.get("big")
 
 
 def test_steps_per_epoch():
   # 60,000 training images, the first 5,000 held out for validation: 55,000 to train on.
-  assert config_lib.get_config("tutorial").steps_per_epoch == 550
-  assert config_lib.get_config("tutorial").replace(batch_size=128).steps_per_epoch == 429
-  assert config_lib.get_config("tutorial").replace(validation_size=0).steps_per_epoch == 600
+  assert presets.get("tutorial").steps_per_epoch == 550
+  assert presets.get("tutorial").replace(batch_size=128).steps_per_epoch == 429
+  assert presets.get("tutorial").replace(validation_size=0).steps_per_epoch == 600
 
 
 def test_the_validation_split_cannot_change_on_resume():
-  old = config_lib.get_config("tutorial").to_dict()
-  assert config_lib.shape_differences(old, config_lib.get_config("tutorial")) == []
-  diffs = config_lib.shape_differences(old, config_lib.get_config("tutorial").replace(
+  old = presets.get("tutorial").to_dict()
+  assert config_lib.shape_differences(old, presets.get("tutorial")) == []
+  diffs = config_lib.shape_differences(old, presets.get("tutorial").replace(
       validation_size=0))
   assert diffs == ["validation_size: 5000 in the workdir, 0 now (the validation images must "
                    "never be trained on)"]
   del old["validation_size"]  # a workdir from before the split: it trained on all 60,000
-  assert config_lib.shape_differences(old, config_lib.get_config("tutorial"))[0].startswith(
+  assert config_lib.shape_differences(old, presets.get("tutorial"))[0].startswith(
       "validation_size: 0 in the workdir, 5000 now")
 
 
 def test_shape_differences():
-  old = config_lib.get_config("tutorial").to_dict()
-  new = config_lib.get_config("tutorial").replace(hidden_size=128, learning_rate=0.1)
+  old = presets.get("tutorial").to_dict()
+  new = presets.get("tutorial").replace(hidden_size=128, learning_rate=0.1)
   assert config_lib.shape_differences(old, new) == [
       "hidden_size: 256 in the workdir, 128 now"]
 
@@ -84,7 +85,7 @@ def _edges(kind, spec):
 def test_every_bound_in_the_metadata_is_what_validate_enforces(field, kind, spec):
   """The value at each closed bound is accepted, the one just past it rejected with the
   words the metadata gives; a float field refuses nan and inf."""
-  base = config_lib.get_config("tiny").replace(optimizer="adamw", schedule="constant")
+  base = presets.get("tiny").replace(optimizer="adamw", schedule="constant")
   ok, bad = _edges(kind, spec)
   words = re.escape(f"{field} must be {config_lib.expected(kind, spec)}, got ")
   for value in ok:  # (num_classes 1 passes the bound, then meets the datasets' 10 classes)

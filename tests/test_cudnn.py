@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
-from rnnjax import config as config_lib
+from rnnjax import presets
 from rnnjax import cudnn, lstm_kernel, models, train
 from tests.helpers import random_params, run_cli, synthetic_split
 from tests.helpers import reference as ref
@@ -91,7 +91,7 @@ def test_the_layer_is_nn_rnn_forward_and_gradients(cudnn_here, kw):
 
 def test_stacked_bidirectional_model_matches_the_scan(cudnn_here):
   """Two bidirectional layers: the model's logits and every parameter's gradient."""
-  cfg = config_lib.get_config("tiny").replace(num_layers=2, bidirectional=True,
+  cfg = presets.get("tiny").replace(num_layers=2, bidirectional=True,
                                               hidden_size=6)
   fast = models.model_from_config(cfg.replace(lstm_kernel="cudnn"))
   scan = models.model_from_config(cfg.replace(lstm_kernel="xla"))
@@ -118,7 +118,7 @@ def test_training_through_the_cudnn_path_is_the_scans_run(cudnn_here, tmp_path):
   """One epoch of the tiny preset through the whole loop: the same losses as the scan to
   float32 rounding."""
   splits = synthetic_split(64, 0), synthetic_split(40, 1)
-  cfg = config_lib.get_config("tiny")
+  cfg = presets.get("tiny")
   _, fast = train.train_and_evaluate(cfg.replace(lstm_kernel="cudnn"), tmp_path / "c", splits,
                                      log=lambda s: None)
   _, scan = train.train_and_evaluate(cfg.replace(lstm_kernel="xla"), tmp_path / "x", splits,

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from rnnjax import checkpointing, config, inference, resources, steps, train
+from rnnjax import presets
+from rnnjax import checkpointing, inference, resources, steps, train
 from tests.helpers import REPO, SCRIPT, TINY, check_refused, requires_mnist, run_cli, snapshot
 
 
@@ -43,7 +44,7 @@ def good_workdir(tmp_path_factory, tiny_splits):
   workdir = tmp_path_factory.mktemp("errors") / "run"
   # 16 of the 64 images held out for validation (which ranks the best checkpoint): 3 steps
   # per epoch, checkpoints at steps 2, 3 (epoch 1), 4 and 6 (epoch 2).
-  tiny = config.get_config("tiny").replace(epochs=2, checkpoint_every_steps=2,
+  tiny = presets.get("tiny").replace(epochs=2, checkpoint_every_steps=2,
                                            validation_size=16)
   train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
   return workdir
@@ -138,14 +139,14 @@ def test_the_parameter_count_of_the_estimate_is_the_models():
                   {"bidirectional": True, "num_layers": 2, "task": "pixels"},
                   {"cell": "lem", "num_layers": 2}, {"cell": "cornn"},
                   {"cell": "lru", "num_layers": 3, "state_size": 5}):
-    c = config.get_config("tiny").replace(hidden_size=12, **changes)
+    c = presets.get("tiny").replace(hidden_size=12, **changes)
     state = jax.eval_shape(lambda: steps.create_train_state(c, jax.random.key(0)))
     real = sum(x.size for x in jax.tree.leaves(state.params))
     assert resources.parameter_count(c) == real, changes
 
 
 def test_memory_is_refused_in_the_library_too(tmp_path, tiny_splits):
-  c = config.get_config("tiny").replace(hidden_size=4096, memory_limit_gib=0.5)
+  c = presets.get("tiny").replace(hidden_size=4096, memory_limit_gib=0.5)
   e = resources.estimate(c)
   # 4 * 4096 * (28 + 4096 + 1) + 4096 * 10 + 10 parameters, five float32 copies of them.
   assert e["parameters"] == 4 * 4096 * 4125 + 40970

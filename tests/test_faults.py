@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from rnnjax import checkpointing, train
-from rnnjax import config as config_lib
+from rnnjax import presets
+from rnnjax import checkpointing, signals, train
 
 
 def leaves(state):
@@ -32,7 +32,7 @@ def tree_of(path):
 @pytest.fixture(scope="session")  # once per worker (xdist interleaves modules)
 def config():
   # 64 training examples, batch 16: 4 steps per epoch.
-  return config_lib.get_config("tiny").replace(
+  return presets.get("tiny").replace(
       epochs=3, schedule="cosine", warmup_epochs=0.5, grad_clip_norm=1.0, augment_shift=2)
 
 
@@ -64,7 +64,7 @@ def test_signal_saves_position_and_resume_is_bit_identical(
   workdir = tmp_path / "stopped"
   with monkeypatch.context() as m:
     m.setattr(train, "jit_steps", signalling_steps(at_call, signum))
-    with pytest.raises(train.Preempted) as e:
+    with pytest.raises(signals.Preempted) as e:
       train.train_and_evaluate(config, workdir, tiny_splits, log=lambda s: None)
   assert e.value.signum == signum
   name = signal.Signals(signum).name
@@ -102,23 +102,6 @@ def test_periodic_checkpoints_resume_mid_epoch(config, tiny_splits, tmp_path, un
   assert "(epoch 2, step 9, 1 steps into epoch 3)" in lines[0]
   assert_same_state(full, resumed)
   assert [h["train_loss"] for h in history] == [h["train_loss"] for h in full_history]
-
-
-def test_call_boundaries_hand_computed():
-  assert train.call_end(0, 600, 10, 0, 0) == 10
-  assert train.call_end(13, 600, 10, 0, 0) == 20  # back onto multiples of 10
-  assert train.call_end(595, 600, 10, 0, 0) == 600  # the epoch's end cuts it short
-  assert train.call_end(0, 600, 10, 1200, 7) == 4  # a checkpoint at global step 1204 = 7 * 172
-  assert train.call_end(4, 600, 10, 1200, 7) == 10
-  assert train.call_end(0, 600, 1, 0, 0) == 1
-
-
-def test_unstack_metrics_of_single_and_scanned_calls():
-  out = train.unstack([{"loss_sum": np.float32(1.5), "count": np.int32(4)},
-                       {"loss_sum": np.array([2.0, 3.0], np.float32),
-                        "count": np.array([5, 6], np.int32)}])
-  assert [(float(m["loss_sum"]), int(m["count"])) for m in out] == [(1.5, 4), (2.0, 5),
-                                                                  (3.0, 6)]
 
 
 def test_several_steps_per_call_give_the_same_run(config, tiny_splits, tmp_path,

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import synthetic_split
-from rnnjax import config as config_lib
+from rnnjax import presets
 from rnnjax import inference, train
 
 
@@ -16,7 +16,7 @@ from rnnjax import inference, train
 def synthetic_run(tmp_path_factory):
   """Two epochs of a tiny LSTM on synthetic data, through the library's whole loop."""
   workdir = tmp_path_factory.mktemp("inspect") / "run"
-  cfg = config_lib.get_config("tiny").replace(epochs=2, hidden_size=16, learning_rate=1e-2,
+  cfg = presets.get("tiny").replace(epochs=2, hidden_size=16, learning_rate=1e-2,
                                               plots=True, tensorboard=True)
   splits = synthetic_split(256, 0), synthetic_split(90, 1)
   _, history = train.train_and_evaluate(cfg, workdir, splits=splits, log=lambda s: None)
@@ -89,7 +89,7 @@ def test_tensorboard_scalars_read_back_with_tensorboards_own_reader(synthetic_ru
 
 
 def test_tensorboard_off(tmp_path, tiny_splits):
-  cfg = config_lib.get_config("tiny").replace(tensorboard=False, plots=True)
+  cfg = presets.get("tiny").replace(tensorboard=False, plots=True)
   train.train_and_evaluate(cfg, tmp_path / "run", splits=tiny_splits, log=lambda s: None)
   assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
   assert (tmp_path / "run" / "curves.png").is_file()

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rnnjax import presets
 from rnnjax import cells, lem_kernel, lstm_kernel, models
 from tests.helpers import random_params, reference
 
@@ -31,7 +32,8 @@ CASES = [(1, 13, 1, 8, 1, "last", 0.21), (37, 9, 3, 12, 1, "mean", 0.21),
 @pytest.mark.parametrize("batch,time,features,hidden,layers,readout,dt", CASES)
 def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, layers, readout,
                                               dt):
-  kw = dict(hidden_size=hidden, num_layers=layers, readout=readout, cell="lem", cell_dt=dt)
+  kw = dict(hidden_size=hidden, num_layers=layers, readout=readout, cell="lem",
+            cell_options=(("cell_dt", dt),))
   kernel = models.SequenceClassifier(lstm_kernel="cpu", **kw)
   scan = models.SequenceClassifier(lstm_kernel="xla", **kw)
   x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
@@ -120,8 +122,7 @@ def test_carries_reverse_and_the_layer_call():
 
 @needs_kernel
 def test_the_model_runs_lem_on_the_kernel_where_it_can():
-  from rnnjax import config as config_lib
-  config = config_lib.get_config("tiny").replace(cell="lem", task="pixels")
+  config = presets.get("tiny").replace(cell="lem", task="pixels")
   assert models.model_from_config(config).lstm_kernel == "cpu"
   assert models.model_from_config(config.replace(lstm_kernel="xla")).lstm_kernel == "xla"
   assert "LEM: rnnjax CPU kernel" in lstm_kernel.describe(config)

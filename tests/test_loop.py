@@ -88,3 +88,20 @@ def test_gradient_norms_add_up_to_a_mean_and_a_maximum():
   assert (t["steps"], t["grad_norm_sum"], t["grad_norm_max"]) == (3, 8.25, 5.0)
   assert (t["loss_sum"], t["correct"], t["count"]) == (3.0, 6, 12)
   assert "steps" not in loop.accumulate(None, [{"loss_sum": 1.0, "correct": 1, "count": 1}])
+
+
+def test_call_boundaries_hand_computed():
+  assert loop.call_end(0, 600, 10, 0, 0) == 10
+  assert loop.call_end(13, 600, 10, 0, 0) == 20  # back onto multiples of 10
+  assert loop.call_end(595, 600, 10, 0, 0) == 600  # the epoch's end cuts it short
+  assert loop.call_end(0, 600, 10, 1200, 7) == 4  # a checkpoint at global step 1204 = 7 * 172
+  assert loop.call_end(4, 600, 10, 1200, 7) == 10
+  assert loop.call_end(0, 600, 1, 0, 0) == 1
+
+
+def test_unstack_metrics_of_single_and_scanned_calls():
+  out = loop.unstack([{"loss_sum": np.float32(1.5), "count": np.int32(4)},
+                       {"loss_sum": np.array([2.0, 3.0], np.float32),
+                        "count": np.array([5, 6], np.int32)}])
+  assert [(float(m["loss_sum"]), int(m["count"])) for m in out] == [(1.5, 4), (2.0, 5),
+                                                                  (3.0, 6)]

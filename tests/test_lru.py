@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import config as config_lib
+from rnnjax import presets
 from rnnjax import lru, models, steps, train
 from tests.helpers import reference
 
@@ -86,7 +86,7 @@ def test_the_model_runs_the_same_in_parallel_and_sequentially_and_its_gradients_
 
 
 def test_an_lru_trains_through_the_loop(tiny_splits, tmp_path):
-  config = config_lib.get_config("tiny").replace(cell="lru", hidden_size=8, state_size=4,
+  config = presets.get("tiny").replace(cell="lru", hidden_size=8, state_size=4,
                                                  num_layers=2, readout="mean", epochs=2)
   assert isinstance(models.model_from_config(config), lru.LRUClassifier)
   _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import config as config_lib
+from rnnjax import presets
 from rnnjax import lstm_kernel, models
 from tests.helpers import random_params, reference
 
@@ -177,7 +177,7 @@ def test_kernel_layer_is_a_drop_in_for_nn_rnn(reverse, keep_order, time_major):
 def test_model_from_config_resolves_auto_once():
   """The built model carries `cpu` or `xla`, never `auto`; `make_rnn` picks the class."""
   want = "cpu" if AVAILABLE else "xla"
-  model = models.model_from_config(config_lib.get_config("tiny"))
+  model = models.model_from_config(presets.get("tiny"))
   assert model.lstm_kernel == want
   assert type(models.make_rnn("lstm", 4, "cpu")) is lstm_kernel.KernelLSTM
   assert type(models.make_rnn("lstm", 4, "xla")) is nn.RNN
@@ -208,20 +208,20 @@ def test_float64_falls_back_to_the_scan_and_cpu_refuses_it():
   x = jnp.ones((2, 5, 3))
   with jax.enable_x64(True):
     x64 = x.astype(jnp.float64)
-    assert not lstm_kernel.use_kernel("auto", x64)
+    assert not lstm_kernel.resolve("auto", x64.dtype) == "cpu"
     with pytest.raises(lstm_kernel.KernelUnavailable, match="float32"):
-      lstm_kernel.use_kernel("cpu", x64)
-  assert not lstm_kernel.use_kernel("xla", x)
+      lstm_kernel.resolve("cpu", x64.dtype)
+  assert not lstm_kernel.resolve("xla", x.dtype) == "cpu"
   with pytest.raises(ValueError, match="lstm_kernel must be one of"):
-    lstm_kernel.use_kernel("fast", x)
+    lstm_kernel.resolve("fast", x.dtype)
 
 
 def test_config_takes_the_kernel_choice():  # the CLI flag: test_cli.py
-  assert config_lib.get_config("tutorial").lstm_kernel == "auto"
+  assert presets.get("tutorial").lstm_kernel == "auto"
   with pytest.raises(ValueError, match="lstm_kernel must be one of"):
-    config_lib.get_config("tiny").replace(lstm_kernel="gpu")
+    presets.get("tiny").replace(lstm_kernel="gpu")
   assert models.model_from_config(
-      config_lib.get_config("tiny").replace(lstm_kernel="xla")).lstm_kernel == "xla"
+      presets.get("tiny").replace(lstm_kernel="xla")).lstm_kernel == "xla"
 
 
 @needs_kernel
@@ -311,7 +311,7 @@ def test_without_a_compiler_auto_uses_the_scan_and_says_why(tmp_path):
       "x = jnp.ones((2, 3, 5))\n"
       "print('LOGITS', m.apply(m.init(jax.random.key(0), x), x).shape)\n"
       "try:\n"
-      "  lstm_kernel.use_kernel('cpu', x)\n"
+      "  lstm_kernel.resolve('cpu', x.dtype)\n"
       "except lstm_kernel.KernelUnavailable as e:\n"
       "  print('REFUSED', e)\n")
   env = dict(os.environ, RNNJAX_KERNEL_CACHE=str(tmp_path), CXX=str(tmp_path / "no-g++"))
@@ -324,3 +324,21 @@ def test_without_a_compiler_auto_uses_the_scan_and_says_why(tmp_path):
   assert "LOGITS (2, 10)" in r.stdout
   assert "REFUSED lstm_kernel 'cpu' cannot run here" in r.stdout
   assert list(tmp_path.glob("*.so")) == []
+
+
+@needs_kernel
+def test_a_layer_built_by_hand_loads_the_kernel_on_first_use():
+  """`nn.Bidirectional(KernelLSTM(...), KernelLSTM(...))` in a fresh process, with nothing
+  loading the kernel first: the same outputs as the `nn.RNN` pair with the same parameters."""
+  code = (
+      "import flax.linen as nn, jax, jax.numpy as jnp, numpy as np\n"
+      "from rnnjax import lstm_kernel\n"
+      "x = jnp.asarray(np.random.default_rng(0).random((3, 7, 5), np.float32))\n"
+      "layer = lambda kind: nn.Bidirectional(kind(nn.OptimizedLSTMCell(6)),\n"
+      "                                      kind(nn.OptimizedLSTMCell(6)))\n"
+      "scan, fast = layer(nn.RNN), layer(lstm_kernel.KernelLSTM)\n"
+      "params = scan.init(jax.random.key(0), x)\n"
+      "print('DIFF', float(jnp.max(jnp.abs(fast.apply(params, x) - scan.apply(params, x)))))\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert float(r.stdout.split("DIFF")[1]) < 1e-6, r.stdout

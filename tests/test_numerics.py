@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from tests.helpers import REPO, random_params, reference, synthetic_split
-from rnnjax import config as config_lib
+from rnnjax import presets
 from rnnjax import data, models, steps
 
 
@@ -134,7 +134,7 @@ def test_optimized_cell_equals_lstm_cell():
 
 def test_optimizer_equals_numpy_adam_with_clipping_and_schedule():
   # The default preset's optimizer: global-norm clipping, warm-up, cosine; 5 steps.
-  config = config_lib.get_config("default").replace(batch_size=20000, epochs=2,
+  config = presets.get("default").replace(batch_size=20000, epochs=2,
                                                     warmup_epochs=1.0, learning_rate=0.01,
                                                     validation_size=0)
   tx = steps.make_optimizer(config)  # 3 steps per epoch of 60,000: warm-up 3, 6 in all
@@ -163,7 +163,7 @@ def test_optimizer_equals_numpy_adam_with_clipping_and_schedule():
 
 
 def test_first_adam_step_moves_every_parameter_by_the_learning_rate():
-  config = config_lib.get_config("tutorial").replace(hidden_size=8)
+  config = presets.get("tutorial").replace(hidden_size=8)
   state = steps.create_train_state(config, jax.random.key(0))
   batch = next(data.train_batches(synthetic_split(16, 0), 16, 0, 0))
   grads = jax.jit(jax.grad(lambda p: steps.cross_entropy(  # jitted: one compilation each
@@ -187,9 +187,9 @@ def params_digests(seeds: list[int], n: int) -> list[str]:
 import hashlib, jax, numpy as np, sys
 sys.path.insert(0, {repo!r})
 from tests.helpers import synthetic_split
-from rnnjax import config, data, steps
+from rnnjax import data, presets, steps
 seed, n = int(sys.argv[1]), int(sys.argv[2])
-c = config.get_config('tiny')
+c = presets.get('tiny')
 state = steps.create_train_state(c, jax.random.key(seed))
 step = jax.jit(steps.train_step, donate_argnums=0)
 for b in list(data.train_batches(synthetic_split(64, 0), 16, seed, 0))[:n]:

@@ -114,8 +114,9 @@ def test_two_processes_train_together_like_one(reference, tmp_path):
 
 
 def test_batch_that_does_not_divide_is_a_clear_error():
-  from rnnjax import config, parallel
-  cfg = config.get_config("tiny")  # batch 16, eval batch 32
+  from rnnjax import presets
+  from rnnjax import parallel
+  cfg = presets.get("tiny")  # batch 16, eval batch 32
   with pytest.raises(parallel.ParallelError, match=re.escape(
       "batch_size 16 does not divide evenly over the 3 devices of this run (1 process(es)); "
       "use a multiple of 3, e.g. 15 or 18 (--batch-size).")):

@@ -16,9 +16,10 @@ import pytest
 
 from tests.helpers import random_params, reference, synthetic_split
 from rnnjax import config as config_lib
-from rnnjax import data, inference, models, steps, train
+from rnnjax import data, inference, models, presets, resources, steps, train
+from rnnjax import workdir as workdir_lib
 
-CELLS = [c for c in config_lib.CELLS if c != "lru"]  # the recurrent cells (lru: test_lru.py)
+CELLS = [c for c, spec in config_lib.CELLS.items() if not spec.model]  # lru: test_lru.py
 
 
 def rel_err(got, want):
@@ -113,7 +114,7 @@ def nn_outputs(model, params, x):
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_cell"])
 def test_forget_bias(cell):
-  config = config_lib.get_config("tiny").replace(cell=cell, forget_bias=1.0, num_layers=2)
+  config = presets.get("tiny").replace(cell=cell, forget_bias=1.0, num_layers=2)
   plain = steps.create_train_state(config.replace(forget_bias=0.0), jax.random.key(0))
   state = steps.create_train_state(config, jax.random.key(0))
   for k in range(2):
@@ -126,7 +127,7 @@ def test_forget_bias(cell):
 @pytest.mark.parametrize("cell", ["lstm", "lstm_cell"])
 def test_chrono_init(cell):
   # Tallec and Ollivier 2018: b_f = log(u), u ~ U(1, T - 1), b_i = -b_f; the rest as Flax's.
-  config = config_lib.get_config("tiny").replace(
+  config = presets.get("tiny").replace(
       cell=cell, task="pixels", chrono_init=True, num_layers=2, hidden_size=64)
   plain = steps.create_train_state(config.replace(chrono_init=False), jax.random.key(0))
   state = steps.create_train_state(config, jax.random.key(0))
@@ -149,7 +150,7 @@ def test_chrono_init(cell):
 
 
 def test_chrono_init_refusals():
-  tiny = config_lib.get_config("tiny")
+  tiny = presets.get("tiny")
   with pytest.raises(ValueError, match="chrono_init applies to the LSTM cells only"):
     tiny.replace(cell="gru", chrono_init=True)
   with pytest.raises(ValueError, match="leave forget_bias at 0"):
@@ -158,7 +159,7 @@ def test_chrono_init_refusals():
 
 def test_forget_bias_only_for_lstm():
   with pytest.raises(ValueError, match="forget_bias applies to the LSTM cells only"):
-    config_lib.get_config("tiny").replace(cell="gru", forget_bias=1.0)
+    presets.get("tiny").replace(cell="gru", forget_bias=1.0)
 
 
 def lstm_layer_params(inputs, hidden):
@@ -190,15 +191,20 @@ def test_parameter_counts_of_the_presets():
   the LSTM layer and a 512-wide head; LSTM 128 on pixels 4*(128 + 128^2 + 128) + 1290;
   IRNN 100: 100 + 100 + 100^2 + 1010; LEM 128 on pixels: input 4H + 4H, hidden H*3H + 3H,
   z H^2 + H, head 1290; coRNN 256: input H + H, z and y H^2 each, head 2570."""
-  want = {"row_lstm": 294410, "row_gru": 3 * (28 * 256 + 256 ** 2) + 4 * 256 + 2570,
-          "row_bilstm": 2 * 291840 + 5130, "seq_lstm": 67850, "permuted_lstm": 67850,
-          "irnn": 11210, "seq_lem": 8 * 128 + 3 * 128 ** 2 + 3 * 128 + 128 ** 2 + 128 + 1290,
-          "seq_cornn": 2 * 256 + 2 * 256 ** 2 + 2570}
-  want["smnist"] = want["psmnist"] = want["seq_lem"]
+  lem = 8 * 128 + 3 * 128 ** 2 + 3 * 128 + 128 ** 2 + 128 + 1290
+  want = {"default": 294410, "row_gru": 3 * (28 * 256 + 256 ** 2) + 4 * 256 + 2570,
+          "row_bilstm": 2 * 291840 + 5130, "smnist": lem, "psmnist": lem,
+          "lstm 128 on pixels": 67850, "irnn 100 on pixels": 11210,
+          "cornn 256 on pixels": 2 * 256 + 2 * 256 ** 2 + 2570}
+  pixels = {"lstm 128 on pixels": dict(cell="lstm", hidden_size=128),
+            "irnn 100 on pixels": dict(cell="irnn", hidden_size=100),
+            "cornn 256 on pixels": dict(cell="cornn", hidden_size=256)}
   for name, count in want.items():
-    config = config_lib.get_config(name)
+    config = (presets.get("tutorial").replace(task="pixels", **pixels[name]) if name in pixels
+              else presets.get(name))
     state = jax.eval_shape(lambda c=config: steps.create_train_state(c, jax.random.key(0)))
     assert sum(p.size for p in jax.tree.leaves(state.params)) == count, name
+    assert resources.parameter_count(config) == count, name
 
 
 def test_mean_readout_is_mean_of_outputs():
@@ -236,7 +242,7 @@ def test_dropout():
 
 
 def test_train_step_dropout_masks_follow_the_step():
-  config = config_lib.get_config("tiny").replace(dropout=0.3)
+  config = presets.get("tiny").replace(dropout=0.3)
   state = steps.create_train_state(config, jax.random.key(0))
   batch = {"image": jax.random.uniform(jax.random.key(1), (4, 28, 28)),
            "label": jnp.array([1, 2, 3, 4])}
@@ -272,7 +278,7 @@ def test_task_shapes_and_pixel_orders():
   # The declared shapes (what the model is initialised with) are the shapes made above.
   for name, made in (("rows", rows), ("pixels", pixels), ("permuted", permuted)):
     assert data.make_task(name, permutation_seed=0).shape == made.shape[1:]
-    assert steps.input_shape(config_lib.get_config("tiny").replace(task=name)) == (
+    assert steps.input_shape(presets.get("tiny").replace(task=name)) == (
         1, *made.shape[1:])
 
 
@@ -294,13 +300,13 @@ def test_task_errors():
   with pytest.raises(ValueError, match="permutation of range"):
     data.Task("permuted", np.arange(783))
   with pytest.raises(ValueError, match="task must be one of"):
-    config_lib.get_config("tiny").replace(task="columns")
+    presets.get("tiny").replace(task="columns")
   with pytest.raises(ValueError, match="cell must be one of"):
-    config_lib.get_config("tiny").replace(cell="transformer")
+    presets.get("tiny").replace(cell="transformer")
 
 
 def tiny_permuted(**changes):
-  return config_lib.get_config("tiny").replace(
+  return presets.get("tiny").replace(
       **{"task": "permuted", "hidden_size": 4, "batch_size": 50, "eval_batch_size": 100,
          **changes})
 
@@ -338,11 +344,11 @@ def test_resumed_permuted_run_keeps_its_stored_permutation(tmp_path, small_split
 
 def test_permuted_run_refuses_another_permutation_seed(tmp_path, small_splits):
   train.train_and_evaluate(tiny_permuted(), tmp_path, splits=small_splits, log=lambda s: None)
-  with pytest.raises(train.WorkdirError, match="permutation_seed"):
+  with pytest.raises(workdir_lib.WorkdirError, match="permutation_seed"):
     train.train_and_evaluate(tiny_permuted(epochs=2, permutation_seed=3), tmp_path,
                              splits=small_splits, log=lambda s: None)
   (tmp_path / "permutation.json").write_text("{broken")
-  with pytest.raises(train.WorkdirError, match="pixel order"):
+  with pytest.raises(workdir_lib.WorkdirError, match="pixel order"):
     train.train_and_evaluate(tiny_permuted(epochs=2), tmp_path, splits=small_splits,
                              log=lambda s: None)
 
@@ -364,7 +370,7 @@ def test_pixel_task_trains_on_its_sequences(tmp_path, small_splits, monkeypatch)
 
 
 def test_training_options_are_recorded_in_config_json(tmp_path, small_splits):
-  config = config_lib.get_config("tiny").replace(
+  config = presets.get("tiny").replace(
       optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup_epochs=0.5,
       grad_clip_norm=0.7, cell="gru", bidirectional=True, dropout=0.2, readout="mean",
       batch_size=50, eval_batch_size=100)
@@ -378,7 +384,7 @@ def test_training_options_are_recorded_in_config_json(tmp_path, small_splits):
 
 def test_adamw_decays_weights_by_lr_times_decay():
   """With zero gradients, AdamW's update is -lr * weight_decay * param (decoupled)."""
-  config = config_lib.get_config("tiny").replace(optimizer="adamw", weight_decay=0.1,
+  config = presets.get("tiny").replace(optimizer="adamw", weight_decay=0.1,
                                                  learning_rate=0.01)
   tx = steps.make_optimizer(config)
   params = {"w": jnp.array([1.0, -2.0])}
@@ -421,7 +427,7 @@ def test_other_datasets_by_name_through_their_own_checksums(tmp_path, monkeypatc
   assert test.images.shape == (10000, 28, 28) and test.labels.dtype == np.int32
   with pytest.raises(data.DataError, match="wrong checksum for mnist"):
     data.load_idx("test", manual_dir=folder, dataset="mnist")
-  config = config_lib.get_config("tiny").replace(dataset="kmnist", data_source="idx",
+  config = presets.get("tiny").replace(dataset="kmnist", data_source="idx",
                                                  manual_dir=str(folder))
   train_split, test_split = data.load_dataset(config)
   assert len(train_split) == 60000 and np.array_equal(test_split.labels, test.labels)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import synthetic_split
+from rnnjax import presets
 from rnnjax import data, steps
 
 
@@ -77,8 +78,7 @@ def test_cosine_schedule(tiny_config):
 def test_train_steps_equal_that_many_train_step_calls(dropout):
   """Several steps in one scanned call (what the loop runs): the same bits as one call per
   step, dropout masks (folded from each step's counter) included."""
-  from rnnjax import config as config_lib
-  config = config_lib.get_config("tiny").replace(dropout=dropout)
+  config = presets.get("tiny").replace(dropout=dropout)
   state = steps.create_train_state(config, jax.random.key(0))
   split = synthetic_split(5 * config.batch_size, 3)
   batches = list(data.train_batches(split, config.batch_size, seed=0, epoch=0))

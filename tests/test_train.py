@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rnnjax import data, train
+from rnnjax import workdir as workdir_lib
 
 
 class Crash(Exception):
@@ -74,7 +75,7 @@ def test_finished_run_says_so(tiny_config, tiny_splits, tmp_path):
 def test_changed_model_shape_is_refused(tiny_config, tiny_splits, tmp_path):
   train.train_and_evaluate(tiny_config, tmp_path, tiny_splits, log=lambda s: None)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-  with pytest.raises(train.WorkdirError, match="hidden_size: 8 in the workdir, 16 now.*new --workdir"):
+  with pytest.raises(workdir_lib.WorkdirError, match="hidden_size: 8 in the workdir, 16 now.*new --workdir"):
     train.train_and_evaluate(tiny_config.replace(hidden_size=16), tmp_path, tiny_splits)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 

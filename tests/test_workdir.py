@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from rnnjax import config, train
+from rnnjax import presets
+from rnnjax import train
 from rnnjax import workdir as workdir_lib
 from tests.helpers import REPO, TINY, check_refused, requires_mnist, run_cli, snapshot
 
@@ -37,7 +38,7 @@ def hold_lock(path, seconds=60):
 @pytest.fixture
 def good_workdir(tmp_path, tiny_splits):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits, log=lambda s: None)
+  train.train_and_evaluate(presets.get("tiny"), workdir, tiny_splits, log=lambda s: None)
   return workdir
 
 
@@ -49,7 +50,7 @@ def test_a_second_trainer_stops_at_once_naming_the_first(good_workdir, tiny_spli
     t0 = time.perf_counter()
     with pytest.raises(workdir_lib.WorkdirBusy, match=rf"in use by another training run "
                        rf"\(process {holder.pid} on .*wait for it to finish"):
-      train.train_and_evaluate(config.get_config("tiny").replace(epochs=3), good_workdir,
+      train.train_and_evaluate(presets.get("tiny").replace(epochs=3), good_workdir,
                                tiny_splits, log=lambda s: None)
     assert time.perf_counter() - t0 < 5  # at once, before any data or compilation
     # The command line: one line, exit 1; while readers still work beside the holder.
@@ -67,7 +68,7 @@ def test_a_second_trainer_stops_at_once_naming_the_first(good_workdir, tiny_spli
     if name not in ("library.log", "lock"):
       assert after[name] == files[name], name
   # The lock died with its holder (kill -9): no stale file blocks the next run.
-  train.train_and_evaluate(config.get_config("tiny").replace(epochs=2), good_workdir,
+  train.train_and_evaluate(presets.get("tiny").replace(epochs=2), good_workdir,
                            tiny_splits, log=lambda s: None)
   assert len((good_workdir / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -101,7 +102,7 @@ def test_workdir_files_of_the_wrong_kind_are_refused_before_writing(tmp_path, ti
   workdir.mkdir()
   make(workdir / name)
   with pytest.raises(workdir_lib.WorkdirError, match=f"{name} is not a"):
-    train.train_and_evaluate(config.get_config("tiny"), workdir, tiny_splits,
+    train.train_and_evaluate(presets.get("tiny"), workdir, tiny_splits,
                              log=lambda s: None)
   assert sorted(p.name for p in workdir.iterdir()) == [name]  # nothing written
 
@@ -137,7 +138,7 @@ def test_damaged_config_json_is_a_clear_error_everywhere(good_workdir, content, 
 def test_resuming_with_other_settings_warns_and_records_every_config(tmp_path, tiny_splits,
                                                                      capsys):
   workdir = tmp_path / "w"
-  tiny = config.get_config("tiny")
+  tiny = presets.get("tiny")
   train.train_and_evaluate(tiny.replace(epochs=2), workdir, tiny_splits, log=lambda s: None)
   first = (workdir / "config.json").read_bytes()
   capsys.readouterr()
@@ -167,7 +168,7 @@ def test_resuming_with_other_settings_warns_and_records_every_config(tmp_path, t
 
 def test_an_older_workdir_with_only_config_json_keeps_its_first_config(tmp_path, tiny_splits):
   workdir = tmp_path / "w"
-  tiny = config.get_config("tiny")
+  tiny = presets.get("tiny")
   train.train_and_evaluate(tiny, workdir, tiny_splits, log=lambda s: None)
   (workdir / "configs.jsonl").unlink()  # as a workdir written before the record existed
   train.train_and_evaluate(tiny.replace(epochs=2, learning_rate=5e-4), workdir, tiny_splits,
@@ -179,7 +180,7 @@ def test_an_older_workdir_with_only_config_json_keeps_its_first_config(tmp_path,
 # ----------------------------------------------------------------------------------------
 # The record is the truth: configs.jsonl and the checkpoints, not config.json alone.
 
-HELD_OUT = config.get_config("tiny").replace(validation_size=16, epochs=2)  # 3 steps / epoch
+HELD_OUT = presets.get("tiny").replace(validation_size=16, epochs=2)  # 3 steps / epoch
 
 
 @pytest.fixture
@@ -279,21 +280,21 @@ def test_non_finite_numbers_are_written_as_null(tmp_path):
 # ----------------------------------------------------------------------------------------
 # The permuted task's pixel order.
 
-PERMUTED = config.get_config("tiny").replace(task="permuted", permutation_seed=3)
+PERMUTED = presets.get("tiny").replace(task="permuted", permutation_seed=3)
 
 
 def test_a_stored_permutation_must_be_integers_of_the_seed(tmp_path, capsys):
   workdir = tmp_path / "p"
   workdir.mkdir()
-  task = train.load_task(workdir, PERMUTED)  # none stored: drawn from the seed
-  train.store_task(workdir, PERMUTED, task)
+  task = workdir_lib.load_task(workdir, PERMUTED)  # none stored: drawn from the seed
+  workdir_lib.store_task(workdir, PERMUTED, task)
   order = task.permutation.tolist()
-  assert train.load_task(workdir, PERMUTED).permutation.tolist() == order
-  path = workdir / train.PERMUTATION_FILE
+  assert workdir_lib.load_task(workdir, PERMUTED).permutation.tolist() == order
+  path = workdir / workdir_lib.PERMUTATION_FILE
   cases = [
       ({"permutation_seed": 3, "permutation": [float(i) for i in order]},
        "not the 784 pixel indices as integers"),
-      ({"permutation_seed": 4, "permutation": train.load_task(
+      ({"permutation_seed": 4, "permutation": workdir_lib.load_task(
           workdir.parent, PERMUTED.replace(permutation_seed=4)).permutation.tolist()},
        "holds the pixel order of permutation_seed 4, not 3"),
       ({"permutation_seed": 3, "permutation": order[:-1] + [order[0]]},
@@ -302,11 +303,11 @@ def test_a_stored_permutation_must_be_integers_of_the_seed(tmp_path, capsys):
   for stored, message in cases:
     path.write_text(json.dumps(stored))
     with pytest.raises(workdir_lib.WorkdirError) as e:
-      train.load_task(workdir, PERMUTED)
+      workdir_lib.load_task(workdir, PERMUTED)
     assert message in str(e.value), str(e.value)
   # An order this NumPy would not draw from the recorded seed: the stored one, with a word.
   path.write_text(json.dumps({"permutation_seed": 3, "permutation": order[1:] + order[:1]}))
-  assert train.load_task(workdir, PERMUTED).permutation.tolist() == order[1:] + order[:1]
+  assert workdir_lib.load_task(workdir, PERMUTED).permutation.tolist() == order[1:] + order[:1]
   assert "holds another order than permutation_seed 3 draws here" in capsys.readouterr().err
 
 
@@ -319,7 +320,7 @@ def test_checkpoints_that_cannot_be_written_are_refused_before_training(good_wor
   or a file where the next step's folder goes, and a path too long for Orbax's files: each
   named before the first step, nothing trained or written."""
   ckpts = good_workdir / "checkpoints"
-  more = config.get_config("tiny").replace(epochs=2)
+  more = presets.get("tiny").replace(epochs=2)
 
   def refused(match):
     with pytest.raises(workdir_lib.WorkdirError, match=match):

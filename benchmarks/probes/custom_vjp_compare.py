@@ -11,11 +11,11 @@ unroll count for the custom layer). Results: docs/lab/2026-11-speed-notes.md.
 import time, sys, pathlib, jax, jax.numpy as jnp, numpy as np, optax
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
-from rnnjax import config as C, models
+from rnnjax import presets, models
 import custom_vjp_lstm as lstm
 H, B, T, F = [int(a) for a in sys.argv[1:5]]
 which = sys.argv[5:]
-cfg = C.get_config('tutorial').replace(hidden_size=H, batch_size=B)
+cfg = presets.get('tutorial').replace(hidden_size=H, batch_size=B)
 model = models.model_from_config(cfg)
 rng = np.random.default_rng(0)
 batch = {"image": jnp.asarray(rng.random((B, T, F), dtype=np.float32)),

@@ -13,7 +13,7 @@ import functools, sys, time, statistics
 import jax, jax.numpy as jnp, numpy as np, optax
 import pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from rnnjax import config as C, models
+from rnnjax import presets, models
 
 def consts(h, dtype):
   col = jnp.arange(4 * h)
@@ -73,7 +73,7 @@ def _b(trick, res, ct):
 lstm_last.defvjp(_f, _b)
 
 H, B = int(sys.argv[1]), int(sys.argv[2]); which = sys.argv[3:]
-cfg = C.get_config('tutorial').replace(hidden_size=H, batch_size=B)
+cfg = presets.get('tutorial').replace(hidden_size=H, batch_size=B)
 model = models.model_from_config(cfg)
 rng = np.random.default_rng(0)
 batch = {"image": jnp.asarray(rng.random((B, 28, 28), dtype=np.float32)),

@@ -9,9 +9,9 @@ Results: docs/lab/2026-11-speed-notes.md.
 """
 import time, sys, jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))
-from rnnjax import config as C, models, steps, train
+from rnnjax import presets, models
 H, B = int(sys.argv[1]), int(sys.argv[2])
-cfg = C.get_config('tutorial').replace(hidden_size=H, batch_size=B)
+cfg = presets.get('tutorial').replace(hidden_size=H, batch_size=B)
 model = models.model_from_config(cfg)
 rng = np.random.default_rng(0)
 batch = {"image": jnp.asarray(rng.random((B, 28, 28), dtype=np.float32)),

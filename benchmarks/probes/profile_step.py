@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from rnnjax import config as C, steps, train  # noqa: E402
+from rnnjax import presets, steps, train  # noqa: E402
 
 B, H = int(sys.argv[1]), int(sys.argv[2])
-cfg = C.get_config("tutorial").replace(hidden_size=H, batch_size=B)
+cfg = presets.get("tutorial").replace(hidden_size=H, batch_size=B)
 rng = np.random.default_rng(0)
 batch = jax.device_put({"image": rng.random((B, 28, 28), dtype=np.float32),
                         "label": rng.integers(0, 10, B).astype(np.int32)})

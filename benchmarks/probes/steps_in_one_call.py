@@ -18,12 +18,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from rnnjax import config as C, steps, train  # noqa: E402
+from rnnjax import presets, steps, train  # noqa: E402
 
 B, H = int(sys.argv[1]), int(sys.argv[2])
 Ks = [int(k) for k in sys.argv[3].split(",")]
 N = 60
-cfg = C.get_config("tutorial").replace(hidden_size=H, batch_size=B)
+cfg = presets.get("tutorial").replace(hidden_size=H, batch_size=B)
 rng = np.random.default_rng(0)
 xs = rng.random((N, B, 28, 28), dtype=np.float32)
 ys = rng.integers(0, 10, (N, B)).astype(np.int32)

@@ -19,12 +19,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from rnnjax import config as C, parallel, steps, train  # noqa: E402
+from rnnjax import presets, parallel, steps, train  # noqa: E402
 
 B, H = int(sys.argv[1]), int(sys.argv[2])
 K = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 N = 60
-cfg = C.get_config("tutorial").replace(hidden_size=H, batch_size=B)
+cfg = presets.get("tutorial").replace(hidden_size=H, batch_size=B)
 rng = np.random.default_rng(0)
 batch = {"image": rng.random((K, B, 28, 28), dtype=np.float32),
          "label": rng.integers(0, 10, (K, B)).astype(np.int32)}

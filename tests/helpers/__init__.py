@@ -76,3 +76,9 @@ def check_refused(r, workdir, before, *messages, code=1):
     assert m in r.stderr, r.stderr[-3000:]
   assert "Traceback" not in r.stderr
   assert snapshot(workdir) == before
+
+
+def abstract_like(state):
+  """Shape/dtype structs of `state`'s arrays, for restoring without materialising it."""
+  import orbax.checkpoint as ocp
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -30,13 +30,14 @@ DRIVER = f"""
 import hashlib, sys, jax, numpy as np
 sys.path.insert(0, {str(REPO)!r})
 from tests.helpers import synthetic_split
-from rnnjax import config, train
-c = config.get_config('tiny').replace(epochs=int(sys.argv[2]), schedule='cosine',
+from rnnjax import presets
+from rnnjax import config, signals, train
+c = presets.get('tiny').replace(epochs=int(sys.argv[2]), schedule='cosine',
     warmup_epochs=1.0, augment_shift=1, checkpoint_every_steps=int(sys.argv[3]))
 try:
   state, _ = train.train_and_evaluate(c, sys.argv[1], (synthetic_split(480, 0),
                                       synthetic_split(40, 1)))
-except train.Preempted as e:
+except signals.Preempted as e:
   print(e, file=sys.stderr)
   sys.exit(128 + e.signum)
 h = hashlib.sha256()

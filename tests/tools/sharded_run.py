@@ -36,12 +36,13 @@ def main():
   jax.config.update("jax_num_cpu_devices", args.devices)  # before any JAX work
   import numpy as np
   from tests.helpers import synthetic_split
-  from rnnjax import config, parallel, train
+  from rnnjax import presets
+  from rnnjax import parallel, train
 
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   # 128 examples of batch 16: 8 steps per epoch, run as 3 + 3 in scans (batches stacked and
   # sharded along axis 1) and 2 single steps.
-  cfg = config.get_config("tiny").replace(epochs=args.epochs, batch_size=args.batch_size,
+  cfg = presets.get("tiny").replace(epochs=args.epochs, batch_size=args.batch_size,
                                           hidden_size=8, learning_rate=1e-2, steps_per_call=3)
   splits = synthetic_split(128, 0), synthetic_split(64, 1)
   try:
