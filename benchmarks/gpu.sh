@@ -25,7 +25,7 @@ case "${1:-}" in
     export RNNJAX_CUDNN=reference JAX_PLATFORMS=cpu
     TESTS=(tests/test_cudnn.py -k "packing or lstm_ref")
     SETTINGS=small; WINDOWS=(--windows 1 --window-seconds 0.05)
-    TRAIN=(--preset tiny --epochs 1 --lstm-kernel cudnn);;
+    TRAIN=(--preset tiny --epochs 1 --rnn-kernel cudnn);;
   "")
     TESTS=(tests/test_cudnn.py tests/test_models.py tests/test_steps.py)
     SETTINGS=tutorial,small,eval256,eval128,seq; WINDOWS=(--windows 5 --window-seconds 1)
@@ -75,7 +75,7 @@ fi
 compare=(); $PY -c "import torch" 2>/dev/null && compare=(--compare-torch)
 for kernel in xla cudnn; do
   step "throughput_$kernel" $PY benchmarks/throughput.py --settings "$SETTINGS" \
-    --lstm-kernel "$kernel" "${compare[@]}" "${WINDOWS[@]}"
+    --rnn-kernel "$kernel" "${compare[@]}" "${WINDOWS[@]}"
 done
 rm -rf "$OUT/train_workdir"
 step train $PY experiments/mnist_lstm.py --data-source idx --manual-dir "$DATA" \

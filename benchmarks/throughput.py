@@ -7,7 +7,7 @@ Command (from the repository root; benchmarks/README.md says how to read the fig
     python benchmarks/throughput.py --compare-torch       # and PyTorch nn.LSTM, with ratios
     python benchmarks/throughput.py --settings tutorial --json
     python benchmarks/throughput.py --allocator tuned     # glibc malloc tunables, see below
-    python benchmarks/throughput.py --lstm-kernel cudnn   # on a GPU: cuDNN's fused LSTM
+    python benchmarks/throughput.py --rnn-kernel cudnn   # on a GPU: cuDNN's fused LSTM
 
 Each figure comes from its own process (so that peak memory and allocator state belong to
 one setting and one framework): warm-up, then `--windows` timed windows of about
@@ -40,7 +40,7 @@ malloc: what rnnjax's commands use by themselves, see rnnjax/allocator.py), `are
 measures each in turn. Without the flag: `hugetlb`, or `default` under
 RNNJAX_ALLOCATOR=system. torch is an optional extra (`pip install torch==2.13.0` gives a
 CPU build here); on a GPU both frameworks run there, PyTorch's nn.LSTM on cuDNN.
-`--lstm-kernel` (`auto`, `cpu`, `cudnn`, `xla`) says how rnnjax's LSTM layers run.
+`--rnn-kernel` (`auto`, `cpu`, `cudnn`, `xla`) says how rnnjax's LSTM and LEM layers run.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from harness import (ALLOCATORS, Prepared, Worker, allocator_env, error_boundary
 
 from rnnjax import presets
 from rnnjax import allocator  # light: no JAX
-from rnnjax.config import LSTM_KERNELS
+from rnnjax.config import RNN_KERNELS
 
 HERE = Path(__file__).resolve()
 
@@ -78,7 +78,7 @@ SETTINGS = {
 }
 
 CLASSES = 10
-KERNEL_ENV = "RNNJAX_BENCH_LSTM_KERNEL"  # --lstm-kernel, as the measured processes see it
+KERNEL_ENV = "RNNJAX_BENCH_RNN_KERNEL"  # --rnn-kernel, as the measured processes see it
 
 
 def flops_per_image(mode: str, hidden: int, steps: int, features: int,
@@ -99,12 +99,12 @@ def bench_jax(name: str) -> Prepared:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from rnnjax import lstm_kernel, models, steps, train
+  from rnnjax import models, steps, train
 
   mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
   cfg = presets.get("tutorial").replace(
       hidden_size=hidden, batch_size=batch, cell=cell,
-      lstm_kernel=os.environ.get(KERNEL_ENV, "auto"))
+      rnn_kernel=os.environ.get(KERNEL_ENV, "auto"))
   model = models.model_from_config(cfg)
   per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
   rng = np.random.default_rng(0)
@@ -142,7 +142,7 @@ def bench_jax(name: str) -> Prepared:
     stats = device.memory_stats() if device.platform != "cpu" else None
     return {
         "framework": "rnnjax", "device": f"{device.platform}:{device.device_kind}",
-        "layers": lstm_kernel.describe(cfg),  # the kernel and its matmul engine, or the scan
+        "layers": models.describe(cfg),  # the kernel and its matmul engine, or the scan
         "steps_per_call": per_call,
         "first_call_seconds": first_call,
         "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use") or peak_rss_bytes(),
@@ -236,8 +236,8 @@ def benchmark_main(argv=None) -> int:
                  help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
                       f"{', '.join(ALLOCATORS)}, a comma-separated list, or all "
                       "(default: hugetlb, rnnjax's own setting)")
-  p.add_argument("--lstm-kernel", default="auto", choices=LSTM_KERNELS,
-                 help="how rnnjax's LSTM and LEM layers run (Config.lstm_kernel)")
+  p.add_argument("--rnn-kernel", "--lstm-kernel", default="auto", choices=RNN_KERNELS,
+                 help="how rnnjax's LSTM and LEM layers run (Config.rnn_kernel)")
   p.add_argument("--windows", type=int, default=7)
   p.add_argument("--window-seconds", type=float, default=2.0)
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
@@ -277,7 +277,7 @@ def benchmark_main(argv=None) -> int:
   for name in names:
     for alloc in allocators:
       try:
-        measure(name, alloc, args, {**allocator_env(alloc), KERNEL_ENV: args.lstm_kernel})
+        measure(name, alloc, args, {**allocator_env(alloc), KERNEL_ENV: args.rnn_kernel})
       except RuntimeError as e:  # a measured process failed: say which, and its stderr
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -88,7 +88,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
       kw["type"] = number(kind, spec["low"], spec["open_low"])
     elif kind is float:
       kw["type"] = float
-    groups[spec["group"]].add_argument(spec["flag"] or "--" + f.name.replace("_", "-"), **kw)
+    groups[spec["group"]].add_argument(spec["flag"] or "--" + f.name.replace("_", "-"),
+                                       *spec["aliases"], **kw)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -379,10 +380,11 @@ def run_training(config, args, devices, terminal) -> int:
   from rnnjax import checkpointing, data, parallel, resources, signals, train
   from rnnjax import workdir as workdir_lib
 
-  from rnnjax import lstm_kernel
+  from rnnjax import models
+  from rnnjax.cpu_kernel import KernelUnavailable
   try:
-    layers = lstm_kernel.describe(config)
-  except lstm_kernel.KernelUnavailable as e:
+    layers = models.describe(config)
+  except KernelUnavailable as e:
     print(f"error: {e}", file=terminal)
     return 1
   print(f"rnnjax: preset {config.name}, workdir {args.workdir}, data "
@@ -396,7 +398,7 @@ def run_training(config, args, devices, terminal) -> int:
         config, args.workdir, started=time.perf_counter() - results.process_seconds())
   except (data.DataError, workdir_lib.WorkdirError, checkpointing.CheckpointError,
           train.TrainingDiverged, parallel.ParallelError, resources.ResourceError,
-          lstm_kernel.KernelUnavailable) as e:
+          KernelUnavailable) as e:
     print(f"error: {e}", file=terminal)
     parallel.finish(error=str(e))
     return 1

@@ -34,8 +34,13 @@ TEST_EXAMPLES = 10000   # and 10,000 test images
 MAX_EPOCHS = 10000
 MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 DATA_SOURCES = ("auto", "tfds", "idx")
-# How LSTM and LEM layers run: rnnjax/lstm_kernel.py (cpu), rnnjax/cudnn.py (cudnn).
-LSTM_KERNELS = ("auto", "cpu", "cudnn", "xla")
+# How the layers of a cell with fast layers (`CellSpec.layers`: LSTM, LEM) run:
+# rnnjax/kernel_layers.py (cpu), rnnjax/cudnn.py (cudnn), the nn.RNN scan (xla); resolved
+# once by `models.resolve`.
+RNN_KERNELS = ("auto", "cpu", "cudnn", "xla")
+# Fields renamed since a stored config (configs.jsonl, a checkpoint's record, summary.json)
+# may have been written: old name -> new name, read by `Config.from_dict`.
+RENAMED_FIELDS = {"lstm_kernel": "rnn_kernel"}
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 # 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.
@@ -93,7 +98,7 @@ _LSTM_INIT = dict(init="rnnjax.cells:lstm_gate_init", init_options=("forget_bias
 CELLS: dict[str, CellSpec] = {
     "lstm": CellSpec(
         "flax.linen:OptimizedLSTMCell", "nn.OptimizedLSTMCell", "LSTM", **_LSTM_INIT,
-        layers={"cpu": "rnnjax.lstm_kernel:KernelLSTM", "cudnn": "rnnjax.cudnn:CudnnLSTM"}),
+        layers={"cpu": "rnnjax.kernel_layers:KernelLSTM", "cudnn": "rnnjax.cudnn:CudnnLSTM"}),
     "lstm_cell": CellSpec("flax.linen:LSTMCell", "nn.LSTMCell: same parameters and numbers, "
                           "unfused", "LSTM", **_LSTM_INIT),
     "gru": CellSpec("flax.linen:GRUCell", "nn.GRUCell", "GRU"),
@@ -101,7 +106,7 @@ CELLS: dict[str, CellSpec] = {
     "irnn": CellSpec("rnnjax.cells:irnn_cell", "ReLU RNN, identity-initialised recurrence, "
                      "Le et al. 2015", "IRNN"),
     "lem": CellSpec("rnnjax.cells:LEMCell", "Long Expressive Memory, Rusch et al. 2022", "LEM",
-                    options={"cell_dt": "dt"}, layers={"cpu": "rnnjax.lem_kernel:KernelLEM"}),
+                    options={"cell_dt": "dt"}, layers={"cpu": "rnnjax.kernel_layers:KernelLEM"}),
     "cornn": CellSpec("rnnjax.cells:CoRNNCell", "coupled oscillatory RNN, Rusch and Mishra "
                       "2021", "coRNN", options={"cell_dt": "dt", "cornn_gamma": "gamma",
                                                 "cornn_epsilon": "epsilon"}),
@@ -122,13 +127,15 @@ def load(name: str):
 
 def _field(default, help: str, *, group: str, choices: tuple | None = None, low=None,
            high=None, open_low: bool = False, open_high: bool = False,
-           high_text: str | None = None, flag: str | None = None, metavar: str | None = None):
+           high_text: str | None = None, flag: str | None = None, metavar: str | None = None,
+           aliases: tuple[str, ...] = ()):
   """A `Config` field and what the command line and `validate` know of it: its help, the
   `choices` it takes or the bounds `[low, high]` (`open_low`/`open_high`: the bound itself
-  excluded; `high_text`: how messages write `high`), its flag group, and the flag's name
-  where it is not `--field-name`."""
+  excluded; `high_text`: how messages write `high`), its flag group, the flag's name where
+  it is not `--field-name`, and older names of the flag that keep working (`aliases`)."""
   spec = dict(help=help, group=group, choices=choices, low=low, high=high, open_low=open_low,
-              open_high=open_high, high_text=high_text, flag=flag, metavar=metavar)
+              open_high=open_high, high_text=high_text, flag=flag, metavar=metavar,
+              aliases=aliases)
   return dataclasses.field(default=default, metadata=spec)
 
 
@@ -235,12 +242,12 @@ class Config:
       10, "training steps per call of the jitted step function (a scan over K batches; 1: "
       "one train_step per call); the same updates bit for bit, fewer buffer allocations "
       "(docs/performance.md)", group=RUN, low=1, metavar="K")
-  lstm_kernel: str = _field(
+  rnn_kernel: str = _field(
       "auto", "how lstm and lem layers run: auto (cuDNN's fused LSTM on one NVIDIA GPU; "
       "rnnjax's CPU kernel where it can run: one CPU device, float32, the kernel built; else "
       "the nn.RNN scan), cpu (the kernel, or an error), cudnn (cuDNN, for lstm layers, or an "
       "error) or xla (always the scan); same parameters and equations", group=RUN,
-      choices=LSTM_KERNELS)
+      choices=RNN_KERNELS, aliases=("--lstm-kernel",))
   data_source: str = _field(
       "auto", "tfds (tensorflow-datasets), idx (the four IDX files read with NumPy, no "
       "TensorFlow) or auto (tfds when TensorFlow is importable, else idx)", group=DATA,
@@ -286,10 +293,12 @@ class Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Config":
-    """The config a stored dict describes (unknown keys ignored); ValueError when `d` is
-    not a dict or its values are invalid."""
+    """The config a stored dict describes (unknown keys ignored, renamed ones read under
+    their new name: `RENAMED_FIELDS`); ValueError when `d` is not a dict or its values are
+    invalid."""
     if not isinstance(d, dict):
       raise ValueError(f"a config is a JSON object of fields, got {type(d).__name__} {d!r:.40}")
+    d = {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -1,7 +1,7 @@
 """LSTM layers on an NVIDIA GPU through cuDNN's fused RNN: `CudnnLSTM`, an
 `nn.RNN(nn.OptimizedLSTMCell)` with the same fields, parameters and call, run by
 `jax.experimental.rnn.lstm` (one cuDNN call per layer and direction, forward and backward).
-`Config.lstm_kernel` `cudnn` asks for it; `auto` picks it on a GPU.
+`Config.rnn_kernel` `cudnn` asks for it; `auto` picks it on a GPU.
 
 cuDNN reads a layer's weights as one flat vector: W_ih `[4H, I]` and W_hh `[4H, H]`, then
 the biases b_ih and b_hh `[4H]`, gates in the order i, f, g, o (PyTorch's layout, as
@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
-from rnnjax.lstm_kernel import KernelRNN, KernelUnavailable
+from rnnjax.cpu_kernel import KernelUnavailable
+from rnnjax.kernel_layers import KernelRNN
 
 REFERENCE_ENV = "RNNJAX_CUDNN"  # "reference": lstm_ref in place of cuDNN, on any device
 GATES_I = ("ii", "if", "ig", "io")
@@ -54,7 +55,7 @@ def check() -> None:
   """Raises KernelUnavailable, with the cause, where `CudnnLSTM` cannot run."""
   ok, why = status()
   if not ok:
-    raise KernelUnavailable(f"lstm_kernel 'cudnn' cannot run here: {why}. Use 'auto' (cuDNN "
+    raise KernelUnavailable(f"rnn_kernel 'cudnn' cannot run here: {why}. Use 'auto' (cuDNN "
                             "on a GPU, else the CPU kernel or the scan) or 'xla'.")
 
 
@@ -99,15 +100,18 @@ def lstm(weights: jax.Array, x: jax.Array, h0: jax.Array, c0: jax.Array):
 class CudnnLSTM(KernelRNN):
   """`nn.RNN(nn.OptimizedLSTMCell(H))`, run by cuDNN.
 
-  A drop-in for the `nn.RNN` it subclasses, as `lstm_kernel.KernelLSTM` is: the same
+  A drop-in for the `nn.RNN` it subclasses, as `kernel_layers.KernelLSTM` is: the same
   fields and parameters (`cell/ii/kernel`, ...), the same call (`initial_carry`,
   `init_key`, `return_carry`, `time_major`, `reverse`, `keep_order`), so
   `nn.Bidirectional` takes it as is and stacked layers are a stack of it. `init` runs
   `nn.RNN`'s own scan, so parameters are created exactly as there. `seq_lengths` needs the
-  scan (`lstm_kernel="xla"`).
+  scan (`rnn_kernel="xla"`).
   """
 
   CELL = nn.OptimizedLSTMCell
+
+  def _require(self):
+    check()
 
   def _run(self, x, carry, cell_params):
     c0, h0 = carry

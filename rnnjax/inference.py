@@ -68,8 +68,8 @@ def load_run(workdir: str | os.PathLike, which: str = "best") -> Run:
   except workdir_lib.WorkdirError as e:  # configs.jsonl gave the config: say why
     print(f"warning: {str(e).split(';')[0]}; using the config recorded in "
           f"{workdir_lib.CONFIGS_FILE}", file=reporting.console(), flush=True)
-  if config.lstm_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
-    config = config.replace(lstm_kernel="auto")
+  if config.rnn_kernel == "cpu":  # how the run trained, not a need: any machine evaluates
+    config = config.replace(rnn_kernel="auto")
   from rnnjax import workdir as workdir_lib  # the loop's own reading of the workdir's task
   try:
     task = workdir_lib.load_task(workdir, config)

@@ -1,8 +1,10 @@
 """Pure Flax modules: recurrent layers scanned by `nn.RNN`, and a dense readout.
 
 A cell that registers a faster layer (`CellSpec.layers`) runs on it where it can: on one CPU
-device, LSTM and LEM layers run on rnnjax's CPU kernel (`lstm_kernel.KernelLSTM`,
-`lem_kernel.KernelLEM`: `nn.RNN`s with the same parameters; `make_rnn` picks the class).
+device, LSTM and LEM layers run on rnnjax's CPU kernel (`kernel_layers.KernelLSTM`,
+`KernelLEM`: `nn.RNN`s with the same parameters), LSTM layers on one NVIDIA GPU on cuDNN
+(`cudnn.CudnnLSTM`). `resolve` decides once how layers run (`Config.rnn_kernel`),
+`make_rnn` picks the class, `describe` says it in words.
 
 Parameter paths are stable and documented, because interop code maps them to other
 frameworks (see `SequenceClassifier`).
@@ -16,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnjax import lstm_kernel as kernel_lib
-from rnnjax.config import CELLS, load
+from rnnjax import cpu_kernel
+from rnnjax.cpu_kernel import KernelUnavailable
+from rnnjax.config import CELLS, RNN_KERNELS, load
 
 IMPLEMENTATIONS = ("cpu", "cudnn", "xla")  # how a layer runs, once `auto` is resolved
 
@@ -47,7 +50,7 @@ def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
   """One recurrent layer: `nn.RNN(make_cell(cell, hidden_size, **cell_options), **kwargs)`,
   or, where the cell registers a layer for `implementation` (`CellSpec.layers`: `cpu` for
   rnnjax's CPU kernel, `cudnn` for cuDNN), that layer: the same fields, parameters and call.
-  `implementation` is `cpu`, `cudnn` or `xla` (`lstm_kernel.resolve` turns `auto` into one
+  `implementation` is `cpu`, `cudnn` or `xla` (`resolve` turns `auto` into one
   of them); a cell without a layer for it runs as the scan."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} (resolve 'auto' "
@@ -55,6 +58,61 @@ def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
   layer = CELLS[cell].layers.get(implementation) if cell in CELLS else None
   layer = load(layer) if layer else nn.RNN
   return layer(make_cell(cell, hidden_size, **(cell_options or {})), **kwargs)
+
+
+def describe(config) -> str:
+  """How `config`'s recurrent layers run in this process, for the run's first line."""
+  layers = CELLS[config.cell].layers  # the faster layers the cell registers, if any
+  if not layers:
+    return f"{config.cell} layers: nn.RNN scan"
+  what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()
+  if config.rnn_kernel == "xla":
+    return f"{what}: nn.RNN scan (--rnn-kernel xla)"
+  from rnnjax import cudnn
+  if config.rnn_kernel == "cudnn" and not cudnn.status()[0]:
+    raise KernelUnavailable(f"--rnn-kernel cudnn cannot run here: {cudnn.status()[1]}. Use "
+                            "auto (cuDNN on a GPU, else the CPU kernel or the nn.RNN scan) or "
+                            "xla.")
+  if config.rnn_kernel != "cpu" and resolve(config.rnn_kernel) == "cudnn":
+    if "cudnn" in layers:
+      return f"{what}: {cudnn.status()[1]}"
+    return f"{what}: nn.RNN scan (cuDNN runs LSTM layers only)"
+  ok, why = cpu_kernel.status()
+  if ok:
+    return f"{what}: rnnjax CPU kernel ({cpu_kernel.GEMM_NAMES[cpu_kernel.gemm_engine()]})"
+  if config.rnn_kernel == "cpu":
+    raise KernelUnavailable(f"--rnn-kernel cpu cannot run here: {why}. Use auto (the "
+                            "nn.RNN scan where the kernel cannot run) or xla.")
+  return f"{what}: nn.RNN scan ({why})"
+
+
+def resolve(mode: str, dtype=jnp.float32) -> str:
+  """`cpu`, `cudnn` or `xla` (`IMPLEMENTATIONS`): how a layer of a cell with fast layers
+  (`CellSpec.layers`), computing in `dtype`, runs under `mode` (`config.RNN_KERNELS`).
+
+  `auto` is `cudnn` on one NVIDIA GPU, `cpu` where `cpu_kernel.status()` allows, float32
+  both, else `xla`; `cpu` or `cudnn` where it cannot run raises `KernelUnavailable` with the cause.
+  `model_from_config` resolves the config's choice once, when it builds the model.
+  (`cudnn` runs LSTM layers; under it, LEM layers run as the scan.)
+  """
+  if mode not in RNN_KERNELS:
+    raise ValueError(f"rnn_kernel must be one of {RNN_KERNELS}, got {mode!r}")
+  if mode == "xla":
+    return "xla"
+  from rnnjax import cudnn
+  float32 = jnp.dtype(dtype) == jnp.float32
+  if mode == "cudnn":
+    cudnn.check()
+    return "cudnn"
+  if mode == "auto" and float32 and jax.default_backend() == "gpu" and cudnn.status()[0]:
+    return "cudnn"
+  ok, why = cpu_kernel.status()
+  if ok and not float32:
+    ok, why = False, f"the CPU kernel computes in float32, the input is {jnp.dtype(dtype)}"
+  if not ok and mode == "cpu":
+    raise KernelUnavailable(f"rnn_kernel 'cpu' cannot run here: {why}. Use 'auto' (the "
+                            "scan where the kernel cannot run) or 'xla'.")
+  return "cpu" if ok else "xla"
 
 
 def cell_options(config) -> tuple[tuple[str, Any], ...]:
@@ -81,11 +139,11 @@ class SequenceClassifier(nn.Module):
       (the mean over time of the outputs).
     cell_options: the cell's options as `(Config field, value)` pairs (`cell_options`;
       `CellSpec.options` go to the cell, `CellSpec.init_options` to `init_params`).
-    lstm_kernel: how layers of a cell with a fast layer (`CellSpec.layers`) run, both
+    rnn_kernel: how layers of a cell with a fast layer (`CellSpec.layers`) run, both
       directions of bidirectional ones: `xla` (the `nn.RNN` scan), `cpu` (rnnjax's CPU
       kernel: same parameters and equations, one call per layer, direction and pass) or
       `cudnn` (cuDNN's fused LSTM), or `auto`: `model_from_config` resolves it once, when
-      it builds the model (`lstm_kernel.resolve`); a model built by hand with `auto`
+      it builds the model (`resolve`); a model built by hand with `auto`
       resolves it when called, by the input's dtype too (float64 runs the scan).
 
   Parameters (`params[...]`), LSTM cells, hidden H, input features I (H, or 2H when
@@ -113,7 +171,7 @@ class SequenceClassifier(nn.Module):
   dropout: float = 0.0
   readout: str = "last"
   cell_options: tuple[tuple[str, Any], ...] = ()
-  lstm_kernel: str = "auto"
+  rnn_kernel: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, all_steps: bool = False,
@@ -126,9 +184,9 @@ class SequenceClassifier(nn.Module):
     step equals the usual logits for unidirectional models).
     """
     x = inputs
-    implementation = self.lstm_kernel
+    implementation = self.rnn_kernel
     if implementation == "auto":  # built by hand: resolved here (`model_from_config` did it)
-      implementation = (kernel_lib.resolve("auto", x.dtype) if CELLS[self.cell].layers
+      implementation = (resolve("auto", x.dtype) if CELLS[self.cell].layers
                         else "xla")
     options = cell_keywords(self.cell, dict(self.cell_options))
     for k in range(self.num_layers):
@@ -186,8 +244,8 @@ def init_params(model: nn.Module, key: jax.Array, inputs: jnp.ndarray) -> Any:
 
 
 def model_from_config(config) -> nn.Module:
-  """The one bridge from a `Config` to the model; `lstm_kernel="auto"` is resolved here,
-  once (`lstm_kernel.resolve`). A cell registered as a whole model (`CellSpec.model`, as
+  """The one bridge from a `Config` to the model; `rnn_kernel="auto"` is resolved here,
+  once (`resolve`). A cell registered as a whole model (`CellSpec.model`, as
   `lru`) builds itself from the config; every other cell's model is `SequenceClassifier`."""
   spec = CELLS[config.cell]
   if spec.model:
@@ -196,4 +254,4 @@ def model_from_config(config) -> nn.Module:
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_classes=config.num_classes, cell=config.cell, bidirectional=config.bidirectional,
       dropout=config.dropout, readout=config.readout, cell_options=cell_options(config),
-      lstm_kernel=kernel_lib.resolve(config.lstm_kernel) if spec.layers else "xla")
+      rnn_kernel=resolve(config.rnn_kernel) if spec.layers else "xla")

@@ -174,7 +174,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 class RunWriter:
   """The epoch's outputs behind one call: the line (through `log`), metrics.jsonl (whose
-  only writer it is), summary.json (`rnnjax.results`), TensorBoard events and the plots. Only process 0 writes (`enabled`).
+  only writer it is), summary.json (`rnnjax.results`), TensorBoard events and the plots.
+  Only process 0 writes (`enabled`).
 
   metrics.jsonl follows the checkpoint the run resumed from: on opening, it is rewritten
   with `history` (lines of epochs the checkpoint does not hold are dropped).

@@ -42,7 +42,7 @@ def parameter_count(config: Config) -> int:
   import jax.numpy as jnp
 
   from rnnjax import models
-  model = models.model_from_config(config.replace(lstm_kernel="xla"))
+  model = models.model_from_config(config.replace(rnn_kernel="xla"))
   x = jax.ShapeDtypeStruct((1, *SEQUENCE_SHAPES[config.task]), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))

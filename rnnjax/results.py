@@ -274,11 +274,13 @@ CELLS_BEGIN, CELLS_END = "<!-- cells: generated -->", "<!-- /cells -->"
 def cells_table() -> str:
   """The registered cells (`rnnjax.config.CELLS`) as docs/models_and_tasks.md lists them."""
   from rnnjax.config import CELLS
+  def runs_on(spec) -> str:
+    layers = [f"{k} ({v.rsplit(':', 1)[1]})" for k, v in spec.layers.items()]
+    return ", ".join(["its own model" if spec.model else "nn.RNN scan", *layers])
+
   table = [{"cell": f"`{name}`", "what": spec.doc,
             "options": ", ".join(f"`--{o.replace('_', '-')}`" for o in spec.reads()),
-            "runs on": ", ".join(["nn.RNN scan" if not spec.model else "its own model",
-                                  *(f"{k} ({v.rsplit(':', 1)[1]})" for k, v in spec.layers.items())])}
-           for name, spec in CELLS.items()]
+            "runs on": runs_on(spec)} for name, spec in CELLS.items()]
   return markdown(table, ("cell", "what", "options", "runs on"))
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rnnjax import (checkpointing, data, loop, lstm_kernel, parallel, reporting, resources,
+from rnnjax import (checkpointing, data, loop, models, parallel, reporting, resources,
                     steps)
 from rnnjax import workdir as workdir_lib
 from rnnjax.config import Config
@@ -93,7 +93,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
   function finishes, its position is saved, `Preempted` is raised (`Interrupted` before
   training began). A resumed run sees exactly the batches the uninterrupted one would.
   Unusable input raises WorkdirError, data.DataError, checkpointing.CheckpointError,
-  resources.ResourceError or lstm_kernel.KernelUnavailable before anything is written; a
+  resources.ResourceError or cpu_kernel.KernelUnavailable before anything is written; a
   non-finite loss TrainingDiverged, keeping the last good checkpoint.
   """
   started = time.perf_counter() if started is None else started
@@ -148,7 +148,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike,
                 metrics=checkpointing.selection_metrics(record))
       writer.write_epoch(record, confusion)
       if stop.signum is not None and epoch + 1 < config.epochs:
-        raise signals_lib.preempted(stop.signum, ckpt, epoch + 1, 0, ctx.steps_per_epoch, record["step"])
+        raise signals_lib.preempted(stop.signum, ckpt, epoch + 1, 0, ctx.steps_per_epoch,
+                                    record["step"])
   return state, history
 
 
@@ -187,7 +188,7 @@ def _check_before_work(config: Config, workdir: Path):
   resources.check_memory(config)  # before anything is allocated
   mesh = parallel.make_mesh()
   parallel.check_batch_sizes(config, mesh)
-  engine = lstm_kernel.describe(config)  # lstm_kernel "cpu" where it cannot run: say so first
+  engine = models.describe(config)  # rnn_kernel "cpu" where it cannot run: say so first
   workdir_lib.check(workdir, config)
   return mesh, parallel.is_main_process(), engine
 
@@ -253,7 +254,8 @@ def train_epoch(ctx: Context, state, epoch: int, first: int, partial: dict | Non
           epoch, i, reader.totals, history), c))
       if stopping:
         progress.close()
-        raise signals_lib.preempted(ctx.stop.signum, ctx.ckpt, epoch, i, ctx.steps_per_epoch, base + i)
+        raise signals_lib.preempted(ctx.stop.signum, ctx.ckpt, epoch, i, ctx.steps_per_epoch,
+                                    base + i)
   train_seconds = time.perf_counter() - t0
   progress.close()
   return state, reader.totals, t0, train_seconds

@@ -144,7 +144,7 @@ def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path, mnist_dir):
   for step in ("tests", "throughput_xla", "throughput_cudnn", "train"):
     assert f"{step}: exit 0" in summary, summary
   assert "jax 0." in (out / "machine.txt").read_text()
-  assert "LSTM: nn.RNN scan (--lstm-kernel xla)" in (out / "throughput_xla.txt").read_text()
+  assert "LSTM: nn.RNN scan (--rnn-kernel xla)" in (out / "throughput_xla.txt").read_text()
   ran = "LSTM: jax.experimental.rnn.lstm_ref in place of cuDNN"
   assert ran in (out / "throughput_cudnn.txt").read_text()
   assert ran in (out / "train.txt").read_text()

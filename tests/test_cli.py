@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rnnjax import presets
+from rnnjax.config import Config
 from tests.helpers import REPO, requires_mnist, run_cli
 
 
@@ -45,22 +46,32 @@ def test_steps_per_call_flag_reaches_the_config():
     parse(["--steps-per-call", "0"])
 
 
-def test_lstm_kernel_flag_reaches_the_config():
+def test_rnn_kernel_flag_and_its_old_name_reach_the_config():
+  """`--rnn-kernel` sets `Config.rnn_kernel`; `--lstm-kernel`, its name before it covered
+  LEM layers too, still does."""
   sys.path.insert(0, str(REPO / "experiments"))
   import mnist_lstm
   parse = mnist_lstm.make_parser().parse_args
-  assert mnist_lstm.build_config(parse(["--preset", "tiny"])).lstm_kernel == "auto"
-  config = mnist_lstm.build_config(parse(["--preset", "tiny", "--lstm-kernel", "xla"]))
-  assert config.lstm_kernel == "xla"
+  assert mnist_lstm.build_config(parse(["--preset", "tiny"])).rnn_kernel == "auto"
+  for flag in ("--rnn-kernel", "--lstm-kernel"):
+    config = mnist_lstm.build_config(parse(["--preset", "tiny", flag, "xla"]))
+    assert config.rnn_kernel == "xla"
 
 
-def test_lstm_kernel_cpu_where_it_cannot_run_is_a_clear_error(tmp_path):
-  """No compiler (and an empty kernel cache): `--lstm-kernel cpu` stops before any data or
+def test_a_stored_config_with_the_old_field_name_reads_as_the_new():
+  """A config stored before `lstm_kernel` became `rnn_kernel` keeps its choice."""
+  stored = presets.get("tiny").replace(rnn_kernel="xla").to_dict()
+  stored["lstm_kernel"] = stored.pop("rnn_kernel")
+  assert Config.from_dict(stored) == presets.get("tiny").replace(rnn_kernel="xla")
+
+
+def test_rnn_kernel_cpu_where_it_cannot_run_is_a_clear_error(tmp_path):
+  """No compiler (and an empty kernel cache): `--rnn-kernel cpu` stops before any data or
   training with one line that names the cause and the alternatives."""
-  r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--lstm-kernel", "cpu",
+  r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--rnn-kernel", "cpu",
               env={"CXX": str(tmp_path / "no-g++"), "RNNJAX_KERNEL_CACHE": str(tmp_path / "k")})
   assert r.returncode == 1, r.stderr[-2000:]
-  assert "error: --lstm-kernel cpu cannot run here: " in r.stderr
+  assert "error: --rnn-kernel cpu cannot run here: " in r.stderr
   assert "Use auto (the nn.RNN scan where the kernel cannot run) or xla." in r.stderr
   assert "Traceback" not in r.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()

@@ -12,7 +12,7 @@ import pytest
 from jax.experimental import rnn
 
 from rnnjax import presets
-from rnnjax import cudnn, lstm_kernel, models, train
+from rnnjax import cpu_kernel, cudnn, models, train
 from tests.helpers import random_params, run_cli, synthetic_split
 from tests.helpers import reference as ref
 
@@ -93,9 +93,9 @@ def test_stacked_bidirectional_model_matches_the_scan(cudnn_here):
   """Two bidirectional layers: the model's logits and every parameter's gradient."""
   cfg = presets.get("tiny").replace(num_layers=2, bidirectional=True,
                                               hidden_size=6)
-  fast = models.model_from_config(cfg.replace(lstm_kernel="cudnn"))
-  scan = models.model_from_config(cfg.replace(lstm_kernel="xla"))
-  assert fast.lstm_kernel == "cudnn"
+  fast = models.model_from_config(cfg.replace(rnn_kernel="cudnn"))
+  scan = models.model_from_config(cfg.replace(rnn_kernel="xla"))
+  assert fast.rnn_kernel == "cudnn"
   x = jnp.asarray(np.random.default_rng(4).random((4, 9, 28)), jnp.float32)
   labels = jnp.asarray([1, 2, 3, 4])
   params = random_params(scan, x, seed=5)
@@ -119,9 +119,9 @@ def test_training_through_the_cudnn_path_is_the_scans_run(cudnn_here, tmp_path):
   float32 rounding."""
   splits = synthetic_split(64, 0), synthetic_split(40, 1)
   cfg = presets.get("tiny")
-  _, fast = train.train_and_evaluate(cfg.replace(lstm_kernel="cudnn"), tmp_path / "c", splits,
+  _, fast = train.train_and_evaluate(cfg.replace(rnn_kernel="cudnn"), tmp_path / "c", splits,
                                      log=lambda s: None)
-  _, scan = train.train_and_evaluate(cfg.replace(lstm_kernel="xla"), tmp_path / "x", splits,
+  _, scan = train.train_and_evaluate(cfg.replace(rnn_kernel="xla"), tmp_path / "x", splits,
                                      log=lambda s: None)
   for key in ("train_loss", "test_loss"):
     np.testing.assert_allclose(fast[-1][key], scan[-1][key], rtol=1e-5)
@@ -132,14 +132,14 @@ def test_training_through_the_cudnn_path_is_the_scans_run(cudnn_here, tmp_path):
 def test_cudnn_without_a_gpu_is_refused_and_auto_passes_it_over(monkeypatch, tmp_path):
   monkeypatch.delenv(cudnn.REFERENCE_ENV, raising=False)
   assert cudnn.status() == (False, "cuDNN needs an NVIDIA GPU; JAX runs on cpu")
-  with pytest.raises(lstm_kernel.KernelUnavailable,
-                     match="lstm_kernel 'cudnn' cannot run here: cuDNN needs an NVIDIA GPU"):
-    lstm_kernel.resolve("cudnn")
-  assert lstm_kernel.resolve("auto") in ("cpu", "xla")
-  r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--lstm-kernel", "cudnn",
+  with pytest.raises(cpu_kernel.KernelUnavailable,
+                     match="rnn_kernel 'cudnn' cannot run here: cuDNN needs an NVIDIA GPU"):
+    models.resolve("cudnn")
+  assert models.resolve("auto") in ("cpu", "xla")
+  r = run_cli("--workdir", tmp_path / "w", "--preset", "tiny", "--rnn-kernel", "cudnn",
               env={cudnn.REFERENCE_ENV: ""})
   assert r.returncode == 1, r.stderr
-  assert r.stderr.strip().endswith("error: --lstm-kernel cudnn cannot run here: cuDNN needs an "
+  assert r.stderr.strip().endswith("error: --rnn-kernel cudnn cannot run here: cuDNN needs an "
                                    "NVIDIA GPU; JAX runs on cpu. Use auto (cuDNN on a GPU, "
                                    "else the CPU kernel or the nn.RNN scan) or xla."), r.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()

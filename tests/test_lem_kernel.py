@@ -1,4 +1,4 @@
-"""rnnjax's CPU LEM kernel (rnnjax.lem_kernel) against the nn.RNN scan of cells.LEMCell it
+"""rnnjax's CPU LEM kernel (rnnjax.kernel_layers.KernelLEM) against the nn.RNN scan of cells.LEMCell it
 replaces and against the float64 NumPy reference: outputs, gradients, carries, the model's
 choice of path."""
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from rnnjax import presets
-from rnnjax import cells, lem_kernel, lstm_kernel, models
+from rnnjax import cells, cpu_kernel, kernel_layers, models
 from tests.helpers import random_params, reference
 
-AVAILABLE, WHY = lstm_kernel.status()
+AVAILABLE, WHY = cpu_kernel.status()
 needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")
 
 
@@ -34,8 +34,8 @@ def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, lay
                                               dt):
   kw = dict(hidden_size=hidden, num_layers=layers, readout=readout, cell="lem",
             cell_options=(("cell_dt", dt),))
-  kernel = models.SequenceClassifier(lstm_kernel="cpu", **kw)
-  scan = models.SequenceClassifier(lstm_kernel="xla", **kw)
+  kernel = models.SequenceClassifier(rnn_kernel="cpu", **kw)
+  scan = models.SequenceClassifier(rnn_kernel="xla", **kw)
   x = jnp.asarray(np.random.default_rng(0).random((batch, time, features), np.float32))
   params = random_params(scan, x[:1], seed=2, bias_scale=0.2)
   assert jax.tree.structure(params) == jax.tree.structure(
@@ -67,17 +67,17 @@ def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, lay
 
 
 @needs_kernel
-@pytest.mark.parametrize("engine", lstm_kernel.GEMM_ENGINES)
+@pytest.mark.parametrize("engine", cpu_kernel.GEMM_ENGINES)
 def test_every_matmul_engine_equals_scan_and_float64_numpy(engine):
   """As the LSTM kernel's: each matmul engine, switched in the process, on two cases."""
-  if engine not in lstm_kernel.gemm_engines():
-    pytest.skip(f"this kernel build has no {engine} ({lstm_kernel.gemm_engines()})")
-  previous = lstm_kernel.set_gemm_engine(engine)
+  if engine not in cpu_kernel.gemm_engines():
+    pytest.skip(f"this kernel build has no {engine} ({cpu_kernel.gemm_engines()})")
+  previous = cpu_kernel.set_gemm_engine(engine)
   try:
     for case in (CASES[2], CASES[-1]):
       test_kernel_equals_scan_and_float64_numpy(*case)
   finally:
-    lstm_kernel.set_gemm_engine(previous)
+    cpu_kernel.set_gemm_engine(previous)
 
 
 def reference_logits(params, x, layers, dt, readout):
@@ -103,7 +103,7 @@ def test_carries_reverse_and_the_layer_call():
   rng = np.random.default_rng(5)
   carry = tuple(jnp.asarray(rng.standard_normal((17, 12)), jnp.float32) for _ in range(2))
   for kw in ({}, {"reverse": True}, {"reverse": True, "keep_order": True}):
-    kernel = lem_kernel.KernelLEM(cell, return_carry=True, **kw)
+    kernel = kernel_layers.KernelLEM(cell, return_carry=True, **kw)
     scan = nn.RNN(cell, return_carry=True, **kw)
 
     def f(model, p, c):
@@ -123,10 +123,10 @@ def test_carries_reverse_and_the_layer_call():
 @needs_kernel
 def test_the_model_runs_lem_on_the_kernel_where_it_can():
   config = presets.get("tiny").replace(cell="lem", task="pixels")
-  assert models.model_from_config(config).lstm_kernel == "cpu"
-  assert models.model_from_config(config.replace(lstm_kernel="xla")).lstm_kernel == "xla"
-  assert "LEM: rnnjax CPU kernel" in lstm_kernel.describe(config)
-  assert "cornn layers: nn.RNN scan" == lstm_kernel.describe(config.replace(cell="cornn"))
+  assert models.model_from_config(config).rnn_kernel == "cpu"
+  assert models.model_from_config(config.replace(rnn_kernel="xla")).rnn_kernel == "xla"
+  assert "LEM: rnnjax CPU kernel" in models.describe(config)
+  assert "cornn layers: nn.RNN scan" == models.describe(config.replace(cell="cornn"))
   layer = models.make_rnn("lem", 8, "cpu", {"dt": 0.3})
-  assert isinstance(layer, lem_kernel.KernelLEM) and layer.cell.dt == 0.3
+  assert isinstance(layer, kernel_layers.KernelLEM) and layer.cell.dt == 0.3
   assert type(models.make_rnn("cornn", 8, "cpu")) is nn.RNN

@@ -1,11 +1,8 @@
-"""rnnjax's CPU LSTM kernel (rnnjax.lstm_kernel) against the nn.RNN scan it replaces and
+"""rnnjax's CPU LSTM layer (rnnjax.kernel_layers.KernelLSTM) against the nn.RNN scan it replaces and
 against the float64 NumPy reference: outputs, gradients, carries, fall-backs and errors."""
 
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -13,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import presets
-from rnnjax import lstm_kernel, models
+from rnnjax import cpu_kernel, kernel_layers, models, presets
 from tests.helpers import random_params, reference
 
-AVAILABLE, WHY = lstm_kernel.status()
+AVAILABLE, WHY = cpu_kernel.status()
 needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")
 
 
@@ -35,8 +31,8 @@ def perturbed(params, seed, scale=0.2):
 
 
 def two_models(**kw):
-  kernel = models.SequenceClassifier(lstm_kernel="cpu", **kw)
-  scan = models.SequenceClassifier(lstm_kernel="xla", **kw)
+  kernel = models.SequenceClassifier(rnn_kernel="cpu", **kw)
+  scan = models.SequenceClassifier(rnn_kernel="xla", **kw)
   return kernel, scan
 
 
@@ -59,20 +55,20 @@ def test_kernel_equals_scan_and_float64_numpy(batch, time, features, hidden, lay
 
 
 @needs_kernel
-@pytest.mark.parametrize("engine", lstm_kernel.GEMM_ENGINES)
+@pytest.mark.parametrize("engine", cpu_kernel.GEMM_ENGINES)
 def test_every_matmul_engine_equals_scan_and_float64_numpy(engine):
   """The automatic choice runs every test above on one engine; here each engine, switched
   in the process, meets the same tolerances (an uneven split over threads, the tutorial's
   shape, two bidirectional layers)."""
-  if engine not in lstm_kernel.gemm_engines():
-    pytest.skip(f"this kernel build has no {engine} ({lstm_kernel.gemm_engines()})")
-  previous = lstm_kernel.set_gemm_engine(engine)
+  if engine not in cpu_kernel.gemm_engines():
+    pytest.skip(f"this kernel build has no {engine} ({cpu_kernel.gemm_engines()})")
+  previous = cpu_kernel.set_gemm_engine(engine)
   try:
-    assert lstm_kernel.gemm_engine() == engine
+    assert cpu_kernel.gemm_engine() == engine
     for case in (CASES[1], CASES[2], CASES[5]):
       check_against_scan_and_numpy(*case)
   finally:
-    lstm_kernel.set_gemm_engine(previous)
+    cpu_kernel.set_gemm_engine(previous)
 
 
 def check_against_scan_and_numpy(batch, time, features, hidden, layers, readout,
@@ -125,7 +121,7 @@ def test_kernel_layer_with_a_given_carry_equals_nn_rnn():
                                  np.asarray(c0, np.float64), np.asarray(h0, np.float64))
 
   def by_kernel(p, x, c0, h0):
-    return lstm_kernel.lstm(p["cell"], x, (c0, h0))
+    return kernel_layers.lstm(p["cell"], x, (c0, h0))
 
   def by_scan(p, x, c0, h0):
     return rnn.apply({"params": p}, x, initial_carry=(c0, h0))
@@ -152,7 +148,7 @@ def test_kernel_layer_is_a_drop_in_for_nn_rnn(reverse, keep_order, time_major):
   x = jnp.swapaxes(x, 0, 1) if time_major else x
   kw = dict(reverse=reverse, keep_order=keep_order, time_major=time_major, return_carry=True)
   scan = nn.RNN(nn.OptimizedLSTMCell(h), **kw)
-  kernel = lstm_kernel.KernelLSTM(nn.OptimizedLSTMCell(h), **kw)
+  kernel = kernel_layers.KernelLSTM(nn.OptimizedLSTMCell(h), **kw)
   assert isinstance(kernel, nn.RNN)
   p_scan, p_kernel = (m.init(jax.random.key(2), x)["params"] for m in (scan, kernel))
   assert p_scan.keys() == p_kernel.keys() == {"cell"}
@@ -168,7 +164,7 @@ def test_kernel_layer_is_a_drop_in_for_nn_rnn(reverse, keep_order, time_major):
                                       cls(nn.OptimizedLSTMCell(h)))
   xb = x if not time_major else jnp.swapaxes(x, 0, 1)
   p_both = random_params(both(nn.RNN), xb, seed=7, bias_scale=0.2)
-  got = both(lstm_kernel.KernelLSTM).apply({"params": p_both}, xb)
+  got = both(kernel_layers.KernelLSTM).apply({"params": p_both}, xb)
   assert rel_err(got, both(nn.RNN).apply({"params": p_both}, xb)) <= 1e-5
   with pytest.raises(NotImplementedError, match="seq_lengths"):
     kernel.apply({"params": params}, x, seq_lengths=jnp.full((b,), t))
@@ -178,8 +174,8 @@ def test_model_from_config_resolves_auto_once():
   """The built model carries `cpu` or `xla`, never `auto`; `make_rnn` picks the class."""
   want = "cpu" if AVAILABLE else "xla"
   model = models.model_from_config(presets.get("tiny"))
-  assert model.lstm_kernel == want
-  assert type(models.make_rnn("lstm", 4, "cpu")) is lstm_kernel.KernelLSTM
+  assert model.rnn_kernel == want
+  assert type(models.make_rnn("lstm", 4, "cpu")) is kernel_layers.KernelLSTM
   assert type(models.make_rnn("lstm", 4, "xla")) is nn.RNN
   assert type(models.make_rnn("gru", 4, "cpu")) is nn.RNN
   with pytest.raises(ValueError, match="resolve 'auto' first"):
@@ -198,7 +194,7 @@ def test_default_model_uses_the_kernel_and_other_cells_the_scan():
     return jax.jit(lambda p, x: m.apply(p, x)).lower(p, x).as_text()
 
   assert "rnnjax_lstm_infer" in hlo() and "while" not in hlo()
-  assert "rnnjax_lstm" not in hlo(lstm_kernel="xla")
+  assert "rnnjax_lstm" not in hlo(rnn_kernel="xla")
   both_ways = hlo(bidirectional=True)
   assert both_ways.count("rnnjax_lstm_infer") == 2 and "while" not in both_ways
   assert "rnnjax_lstm" not in hlo(cell="gru")
@@ -208,122 +204,20 @@ def test_float64_falls_back_to_the_scan_and_cpu_refuses_it():
   x = jnp.ones((2, 5, 3))
   with jax.enable_x64(True):
     x64 = x.astype(jnp.float64)
-    assert not lstm_kernel.resolve("auto", x64.dtype) == "cpu"
-    with pytest.raises(lstm_kernel.KernelUnavailable, match="float32"):
-      lstm_kernel.resolve("cpu", x64.dtype)
-  assert not lstm_kernel.resolve("xla", x.dtype) == "cpu"
-  with pytest.raises(ValueError, match="lstm_kernel must be one of"):
-    lstm_kernel.resolve("fast", x.dtype)
+    assert not models.resolve("auto", x64.dtype) == "cpu"
+    with pytest.raises(cpu_kernel.KernelUnavailable, match="float32"):
+      models.resolve("cpu", x64.dtype)
+  assert not models.resolve("xla", x.dtype) == "cpu"
+  with pytest.raises(ValueError, match="rnn_kernel must be one of"):
+    models.resolve("fast", x.dtype)
 
 
 def test_config_takes_the_kernel_choice():  # the CLI flag: test_cli.py
-  assert presets.get("tutorial").lstm_kernel == "auto"
-  with pytest.raises(ValueError, match="lstm_kernel must be one of"):
-    presets.get("tiny").replace(lstm_kernel="gpu")
+  assert presets.get("tutorial").rnn_kernel == "auto"
+  with pytest.raises(ValueError, match="rnn_kernel must be one of"):
+    presets.get("tiny").replace(rnn_kernel="gpu")
   assert models.model_from_config(
-      presets.get("tiny").replace(lstm_kernel="xla")).lstm_kernel == "xla"
-
-
-@needs_kernel
-def test_matmul_engine_is_timed_once_kept_and_can_be_forced(tmp_path):
-  """A build's first load times the engines and keeps the choice beside it; later loads
-  read it; $RNNJAX_KERNEL_GEMM forces one, and a wrong name is refused with the fix."""
-  built = Path(lstm_kernel._load()._name)
-  shutil.copy(built, tmp_path / built.name)  # a cache holding this build, without a choice
-  kept = tmp_path / built.with_suffix(".gemm").name
-  code = ("from rnnjax import lstm_kernel as k\nok, why = k.status()\nprint('STATUS', ok, why)\n"
-          "print('ENGINE', k.gemm_engine() if ok else None)\n")
-
-  def run(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
-    env.update(RNNJAX_KERNEL_CACHE=str(tmp_path), **extra)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
-
-  engines = lstm_kernel.gemm_engines()
-  out = run()
-  picked = kept.read_text().strip()
-  assert picked in engines and f"ENGINE {picked}" in out
-  assert f"matmuls by {lstm_kernel.GEMM_NAMES[picked]}" in out
-  assert list(tmp_path.glob("*.so")) == [tmp_path / built.name]  # not built again
-  other = engines[-1] if picked == engines[0] else engines[0]
-  kept.write_text(other + "\n")  # a kept choice is read, not timed again
-  assert f"ENGINE {other}" in run()
-  assert "ENGINE mkl" in run(RNNJAX_KERNEL_GEMM="mkl")
-  out = run(RNNJAX_KERNEL_GEMM="blas")
-  assert "STATUS False RNNJAX_KERNEL_GEMM='blas' names no matmul engine" in out
-  assert "unset it for the faster one" in out
-
-
-def test_a_onednn_library_that_does_not_load_is_passed_over(tmp_path, monkeypatch):
-  """A oneDNN install whose library does not load is not used (no build is spent on it);
-  the same install with a library that loads is."""
-  root = tmp_path / "onednn"
-  (root / "include").mkdir(parents=True)
-  (root / "include" / "dnnl.hpp").write_text("")
-  (root / "lib").mkdir()
-  (root / "lib" / "libdnnl.so.3").write_text("not a library")
-  real = lstm_kernel._onednn()
-  monkeypatch.setattr(lstm_kernel, "_install_roots", lambda variable: [root])
-  assert lstm_kernel._onednn() is None
-  if real:  # the control: a library that loads, in the same place
-    (root / "lib" / "libdnnl.so.3").unlink()
-    (root / "lib" / "libdnnl.so.3").symlink_to(real[1])
-    assert lstm_kernel._onednn() == (root / "include", root / "lib" / "libdnnl.so.3")
-
-
-@needs_kernel
-def test_a_onednn_the_kernel_cannot_be_built_with_leaves_mkl_alone(tmp_path):
-  """oneDNN found, but the build with it fails (stood in for by `_build`'s error for it):
-  the kernel is built without it and runs its matmuls on MKL."""
-  code = ("from rnnjax import lstm_kernel as k\n"
-          "build = k._build\n"
-          "k._onednn = lambda: (k.Path('/x/include'), k.Path('/x/lib/libdnnl.so.3'))\n"
-          "k._build = lambda onednn=True: ('compiling lstm_cpu.cc failed: dnnl.hpp' if onednn\n"
-          "                               else build(onednn=False))\n"
-          "ok, why = k.status()\nprint('STATUS', ok, why)\nprint('ENGINES', k.gemm_engines())\n")
-  env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
-  env["RNNJAX_KERNEL_CACHE"] = str(tmp_path / "cache")
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                     timeout=600)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "STATUS True" in r.stdout and "matmuls by MKL" in r.stdout
-  assert "ENGINES ['mkl']" in r.stdout
-
-
-@needs_kernel
-def test_set_gemm_engine_refuses_an_unknown_engine():
-  with pytest.raises(ValueError, match="matmul engine 'cublas': this kernel build has mkl"):
-    lstm_kernel.set_gemm_engine("cublas")
-
-
-def test_without_a_compiler_auto_uses_the_scan_and_says_why(tmp_path):
-  """A fresh cache and no compiler: `status` names the cause, `auto` trains on the scan,
-  `cpu` is refused with the cause."""
-  code = (
-      "import jax, jax.numpy as jnp\n"
-      "from rnnjax import lstm_kernel, models\n"
-      "ok, why = lstm_kernel.status()\n"
-      "print('STATUS', ok, why)\n"
-      "m = models.SequenceClassifier(hidden_size=4)\n"
-      "x = jnp.ones((2, 3, 5))\n"
-      "print('LOGITS', m.apply(m.init(jax.random.key(0), x), x).shape)\n"
-      "try:\n"
-      "  lstm_kernel.resolve('cpu', x.dtype)\n"
-      "except lstm_kernel.KernelUnavailable as e:\n"
-      "  print('REFUSED', e)\n")
-  env = dict(os.environ, RNNJAX_KERNEL_CACHE=str(tmp_path), CXX=str(tmp_path / "no-g++"))
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                     timeout=300)
-  assert r.returncode == 0, r.stderr[-2000:]
-  if sys.platform == "linux" and os.uname().machine == "x86_64" and "MKL not found" not in \
-      r.stdout:
-    assert "STATUS False no C++ compiler found" in r.stdout
-  assert "LOGITS (2, 10)" in r.stdout
-  assert "REFUSED lstm_kernel 'cpu' cannot run here" in r.stdout
-  assert list(tmp_path.glob("*.so")) == []
+      presets.get("tiny").replace(rnn_kernel="xla")).rnn_kernel == "xla"
 
 
 @needs_kernel
@@ -332,11 +226,11 @@ def test_a_layer_built_by_hand_loads_the_kernel_on_first_use():
   loading the kernel first: the same outputs as the `nn.RNN` pair with the same parameters."""
   code = (
       "import flax.linen as nn, jax, jax.numpy as jnp, numpy as np\n"
-      "from rnnjax import lstm_kernel\n"
+      "from rnnjax import kernel_layers\n"
       "x = jnp.asarray(np.random.default_rng(0).random((3, 7, 5), np.float32))\n"
       "layer = lambda kind: nn.Bidirectional(kind(nn.OptimizedLSTMCell(6)),\n"
       "                                      kind(nn.OptimizedLSTMCell(6)))\n"
-      "scan, fast = layer(nn.RNN), layer(lstm_kernel.KernelLSTM)\n"
+      "scan, fast = layer(nn.RNN), layer(kernel_layers.KernelLSTM)\n"
       "params = scan.init(jax.random.key(0), x)\n"
       "print('DIFF', float(jnp.max(jnp.abs(fast.apply(params, x) - scan.apply(params, x)))))\n")
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,10 +1,10 @@
-// rnnjax's LSTM layer (and, below, its LEM layer) for XLA's CPU backend: forward, inference
+// rnnjax's LSTM and LEM layers for XLA's CPU backend: forward, inference
 // and backward as XLA FFI handlers; matmuls by MKL's cblas_sgemm or oneDNN's dnnl_sgemm,
 // whichever runs this CPU's shapes faster (rnnjax_pick_gemm, timed once per build); tanh by
 // the rational approximation XLA's CPU backend uses (fast_tanh below). Built with
 // -DRNNJAX_ONEDNN where oneDNN is installed.
-// Built and loaded by rnnjax/lstm_kernel.py, which documents the equations and the layouts
-// (the LEM layer: rnnjax/lem_kernel.py).
+// Built and loaded by rnnjax/cpu_kernel.py; the Flax layers that call it, with the equations
+// and the layouts, are in rnnjax/kernel_layers.py.
 //
 // Time-major: x [T,B,F]; gates i, f, g, o (flax OptimizedLSTMCell's and PyTorch's order);
 // wi [F,4H], wh [H,4H], b [4H] are the four gates' kernels and biases side by side.
@@ -40,7 +40,7 @@ namespace ffi = xla::ffi;
 using Buf = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-static int g_threads = 1;   // set by rnnjax_lstm_init
+static int g_threads = 1;   // set by rnnjax_kernel_init
 enum Gemm { kMkl = 0, kOnednn = 1 };
 static int g_gemm = kMkl;   // set by rnnjax_set_gemm
 constexpr int64_t kMinRows = 16;  // fewer rows per thread than this: fewer threads
@@ -756,7 +756,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
                                   .Ctx<ffi::ThreadPool>());
 
 // Threads per call (the cores this process may use), and MKL without its own threads.
-extern "C" void rnnjax_lstm_init(int threads) {
+extern "C" void rnnjax_kernel_init(int threads) {
   g_threads = std::max(1, threads);
   mkl_set_threading_layer(MKL_THREADING_SEQUENTIAL);
 }

@@ -1,41 +1,25 @@
-"""A hand-written LSTM layer for CPUs: `KernelLSTM`, an `nn.RNN(nn.OptimizedLSTMCell)` with
-the same fields, parameters and call, run by a C++ kernel (`Config.lstm_kernel`,
-`--lstm-kernel`; `models.make_rnn` picks it where `resolve` says it can run).
+"""rnnjax's CPU kernel as a library: its build, its loading and its matmul engine.
 
-Same parameters, same equations, float32::
+The C++ source (rnnjax/csrc/rnn_cpu.cc) runs the LSTM and LEM layers of
+`rnnjax.kernel_layers` (forward, inference and backward of each, as XLA FFI handlers). It is
+compiled on first use with the machine's C++ compiler (`$CXX`, else `g++`, `-march=native`)
+against MKL and oneDNN from PyPI (the `mkl`, `mkl-include`, `onednn-cpu-gomp` and
+`onednn-devel-cpu-gomp` packages, installed with rnnjax on x86-64 Linux) and jaxlib's FFI
+headers, into `$RNNJAX_KERNEL_CACHE` (default `~/.cache/rnnjax`, private to its user), once
+per source, CPU and jaxlib version; each library's SHA-256 is recorded at build time and
+checked before it is loaded.
 
-    z_t = x_t @ W_i + h_{t-1} @ W_h + b        W_i = [ii|if|ig|io], W_h = [hi|hf|hg|ho]
-    i, f, o = sigmoid(z_t[gate]), g = tanh(z_t[g])
-    c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
+**Matmul engine**: MKL's `cblas_sgemm`, or oneDNN (its matmul primitive for the per-step
+matmuls, with the weights laid out once per call in the primitive's own format, and
+`dnnl_sgemm` for the rest), whichever runs the kernels' typical matmuls faster on this CPU,
+timed once when a build is first loaded (about a second) and kept beside it
+(`<build>.gemm`); `$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in
+a process (the engines' measured speeds: docs/performance.md). Without oneDNN, or where it
+fails to load, the build uses MKL alone.
 
-Outputs and gradients agree with the scan to float32 rounding (1e-7 to 2.4e-6 relative;
-tests/test_lstm_kernel.py). Why it exists (docs/performance.md, "How LSTM layers run"): XLA's
-CPU backend spends a third of the scan's step in some 20 small element-wise fusions per
-time step and runs the backward pass's transposed matmul at two thirds of its speed; this
-layer is one call forward and one call backward (XLA FFI): per time step one matmul
-`[x_t | h_{t-1} | 1] [W_i; W_h; b]` and one fused loop, the two cores (XLA's own intra-op
-threads) each running the whole recurrence for half the batch (an LSTM's batch rows are
-independent until the weight gradients: each core adds up its rows' share step by step,
-and the shares are summed at the end). Where the layer's input is not differentiated (a
-model's first layer reading data), the backward pass skips its cotangent.
-
-The C++ source (rnnjax/csrc/lstm_cpu.cc) is compiled on first use with the machine's C++
-compiler (`$CXX`, else `g++`, `-march=native`) against MKL and oneDNN from PyPI (the
-`mkl`, `mkl-include`, `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` packages, installed
-with rnnjax on x86-64 Linux) and jaxlib's FFI headers, into `$RNNJAX_KERNEL_CACHE` (default
-`~/.cache/rnnjax`), once per source, CPU and jaxlib version. **Matmul engine**: MKL's
-`cblas_sgemm`, or oneDNN (its matmul primitive for the per-step matmuls, with the weights
-laid out once per call in the primitive's own format, and `dnnl_sgemm` for the rest),
-whichever runs the kernels' typical matmuls faster on this CPU, timed once when a build is
-first loaded (about a second) and kept beside it (`<build>.gemm`);
-`$RNNJAX_KERNEL_GEMM=mkl|onednn` forces one, `set_gemm_engine` switches in a process (the
-engines' measured speeds: docs/performance.md). Without
-oneDNN, or where it fails to load, the build uses MKL alone. Where no build is possible (no
-compiler, no MKL, another platform, a GPU, several devices, float64) `lstm_kernel="auto"`
-uses the scan and `status()` says why.
-
-The kernel defines reverse-mode derivatives only (a `jax.custom_vjp`): `jax.grad` and
-`jax.vjp` work, forward mode (`jax.jvp`, `jax.hessian`) needs `lstm_kernel="xla"`.
+Where no build is possible (no compiler, no MKL, another platform, a GPU, several devices)
+`status()` says why, and `models.resolve` runs the layers as the `nn.RNN` scan under
+`rnn_kernel="auto"`.
 """
 
 from __future__ import annotations
@@ -56,14 +40,9 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from rnnjax.config import CELLS, LSTM_KERNELS
-
-MODES = LSTM_KERNELS  # auto, cpu, cudnn, xla
-SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
+SOURCE = Path(__file__).with_name("csrc") / "rnn_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 _TARGETS = {"rnnjax_lstm_fwd": "RnnjaxLstmFwd", "rnnjax_lstm_infer": "RnnjaxLstmInfer",
             "rnnjax_lstm_bwd": "RnnjaxLstmBwd", "rnnjax_lem_fwd": "RnnjaxLemFwd",
@@ -75,7 +54,8 @@ GEMM_NAMES = {"mkl": "MKL", "onednn": "oneDNN"}
 
 
 class KernelUnavailable(Exception):
-  """`lstm_kernel="cpu"` was asked for where the kernel cannot run; the message says why."""
+  """A fast layer was asked for (`rnn_kernel` `cpu` or `cudnn`) where it cannot run; the
+  message says why and what to use instead."""
 
 
 def _install_roots(variable: str) -> list[Path]:
@@ -223,7 +203,7 @@ def _build(onednn: bool = True) -> Path | str:
   key = hashlib.sha256("\n".join([
       SOURCE.read_text(), jaxlib.__version__, str(lib), str(dnnl), " ".join(cxx),
       " ".join(FLAGS), _cpu_signature()]).encode()).hexdigest()[:16]
-  out = cache_dir() / f"lstm_cpu-{key}.so"
+  out = cache_dir() / f"{SOURCE.stem}-{key}.so"
   untrusted = _private_folder(out.parent)
   if untrusted:
     return untrusted
@@ -325,7 +305,7 @@ def _load() -> ctypes.CDLL | str:
     threads = len(os.sched_getaffinity(0))
   except (AttributeError, OSError):
     threads = os.cpu_count() or 1
-  lib.rnnjax_lstm_init(ctypes.c_int(threads))
+  lib.rnnjax_kernel_init(ctypes.c_int(threads))
   try:
     lib.gemm = _pick_gemm(lib, built)
   except KernelUnavailable as e:
@@ -352,19 +332,19 @@ def gemm_engine() -> str:
   """The kernels' matmul engine in this process (`GEMM_ENGINES`): `$RNNJAX_KERNEL_GEMM`,
   else the faster on this CPU, as timed when the library was first loaded. Needs
   `status()[0]`."""
-  return _loaded().gemm
+  return require().gemm
 
 
 def gemm_engines() -> list[str]:
   """The matmul engines this process's kernel build can use (`GEMM_ENGINES` order)."""
-  return _engines(_loaded())
+  return _engines(require())
 
 
 def set_gemm_engine(engine: str) -> str:
   """Runs the kernels' matmuls on `engine` (`GEMM_ENGINES`) from now on, in this process,
   jitted functions included (the engine is read at each call); returns the previous one.
   For comparing engines; the automatic choice is the faster one."""
-  lib = _loaded()
+  lib = require()
   if engine not in GEMM_ENGINES or lib.rnnjax_set_gemm(GEMM_ENGINES.index(engine)) < 0:
     raise ValueError(f"matmul engine {engine!r}: this kernel build has "
                      f"{', '.join(_engines(lib))}")
@@ -372,194 +352,9 @@ def set_gemm_engine(engine: str) -> str:
   return previous
 
 
-def _loaded() -> ctypes.CDLL:
+def require() -> ctypes.CDLL:
+  """The loaded library; `KernelUnavailable` saying why where it cannot run."""
   ok, why = status()
   if not ok:
     raise KernelUnavailable(f"the CPU kernel cannot run here: {why}")
   return _load()
-
-
-def describe(config) -> str:
-  """How `config`'s recurrent layers run in this process, for the run's first line."""
-  layers = CELLS[config.cell].layers  # the faster layers the cell registers, if any
-  if not layers:
-    return f"{config.cell} layers: nn.RNN scan"
-  what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()
-  if config.lstm_kernel == "xla":
-    return f"{what}: nn.RNN scan (--lstm-kernel xla)"
-  from rnnjax import cudnn
-  if config.lstm_kernel == "cudnn" and not cudnn.status()[0]:
-    raise KernelUnavailable(f"--lstm-kernel cudnn cannot run here: {cudnn.status()[1]}. Use "
-                            "auto (cuDNN on a GPU, else the CPU kernel or the nn.RNN scan) or "
-                            "xla.")
-  if config.lstm_kernel != "cpu" and resolve(config.lstm_kernel) == "cudnn":
-    if "cudnn" in layers:
-      return f"{what}: {cudnn.status()[1]}"
-    return f"{what}: nn.RNN scan (cuDNN runs LSTM layers only)"
-  ok, why = status()
-  if ok:
-    return f"{what}: rnnjax CPU kernel ({GEMM_NAMES[_load().gemm]})"
-  if config.lstm_kernel == "cpu":
-    raise KernelUnavailable(f"--lstm-kernel cpu cannot run here: {why}. Use auto (the "
-                            "nn.RNN scan where the kernel cannot run) or xla.")
-  return f"{what}: nn.RNN scan ({why})"
-
-
-def resolve(mode: str, dtype=jnp.float32) -> str:
-  """`cpu`, `cudnn` or `xla`: how an LSTM layer computing in `dtype` runs under `mode` (see
-  `MODES`).
-
-  `auto` is `cudnn` on one NVIDIA GPU, `cpu` where `status()` allows, float32 both, else
-  `xla`; `cpu` or `cudnn` where it cannot run raises `KernelUnavailable` with the cause.
-  `models.model_from_config` resolves the config's choice once, when it builds the model.
-  (`cudnn` runs LSTM layers; under it, LEM layers run as the scan.)
-  """
-  if mode not in MODES:
-    raise ValueError(f"lstm_kernel must be one of {MODES}, got {mode!r}")
-  if mode == "xla":
-    return "xla"
-  from rnnjax import cudnn
-  float32 = jnp.dtype(dtype) == jnp.float32
-  if mode == "cudnn":
-    cudnn.check()
-    return "cudnn"
-  if mode == "auto" and float32 and jax.default_backend() == "gpu" and cudnn.status()[0]:
-    return "cudnn"
-  ok, why = status()
-  if ok and not float32:
-    ok, why = False, f"the CPU kernel computes in float32, the input is {jnp.dtype(dtype)}"
-  if not ok and mode == "cpu":
-    raise KernelUnavailable(f"lstm_kernel 'cpu' cannot run here: {why}. Use 'auto' (the "
-                            "scan where the kernel cannot run) or 'xla'.")
-  return "cpu" if ok else "xla"
-
-
-def _shape(*dims):
-  return jax.ShapeDtypeStruct(dims, jnp.float32)
-
-
-@jax.custom_vjp
-def _layer(x, wi, wh, b, c0, h0):
-  """Time-major x [T,B,F] -> (hs [T+1,B,H] with hs[0] = h0, c_T [B,H])."""
-  t, batch, _ = x.shape
-  h = wh.shape[0]
-  return jax.ffi.ffi_call("rnnjax_lstm_infer", (_shape(t + 1, batch, h), _shape(batch, h)),
-                          vmap_method="sequential")(x, wi, wh, b, c0, h0)
-
-
-def primal_values(*primals):
-  """The values of a `custom_vjp` forward rule's arguments under `symbolic_zeros=True`, and
-  a residual that tells the backward rule whether the first (a layer's input) is
-  differentiated: `()` if so, else None (a data input's cotangent, a matmul over every step,
-  is then skipped)."""
-  return [p.value for p in primals], () if primals[0].perturbed else None
-
-
-def dense(cotangent):
-  """A cotangent as an array (`symbolic_zeros=True` passes a zero one as `SymbolicZero`)."""
-  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
-    return jnp.zeros(cotangent.shape, cotangent.dtype)
-  return cotangent
-
-
-def _layer_fwd(*primals):
-  (x, wi, wh, b, c0, h0), with_dx = primal_values(*primals)
-  t, batch, f = x.shape
-  h = wh.shape[0]
-  hs, cs, xh, acts = jax.ffi.ffi_call(
-      "rnnjax_lstm_fwd", (_shape(t + 1, batch, h), _shape(t + 1, batch, h),
-                          _shape(t, batch, f + h + 1), _shape(t, batch, 4 * h)),
-      vmap_method="sequential")(x, wi, wh, b, c0, h0)
-  return (hs, cs[-1]), (wi, wh, xh, cs, acts, with_dx)
-
-
-def _layer_bwd(res, cotangents):
-  wi, wh, xh, cs, acts, with_dx = res
-  d_hs, d_c = map(dense, cotangents)
-  t, batch, _ = xh.shape
-  f, h = wi.shape[0], wh.shape[0]
-  dx, dwi, dwh, db, dc0, dh0 = jax.ffi.ffi_call(
-      "rnnjax_lstm_bwd", (_shape(t if with_dx is not None else 0, batch, f), _shape(f, 4 * h),
-                          _shape(h, 4 * h), _shape(4 * h), _shape(batch, h), _shape(batch, h)),
-      vmap_method="sequential")(wi, wh, xh, cs, acts, d_hs[1:], d_c)
-  return dx if with_dx is not None else None, dwi, dwh, db, dc0, dh0 + d_hs[0]
-
-
-_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
-
-
-def _weights(cell_params):
-  """`nn.OptimizedLSTMCell`'s parameters as the kernel's fused W_i, W_h, b."""
-  wi = jnp.concatenate([cell_params[k]["kernel"] for k in ("ii", "if", "ig", "io")], axis=1)
-  wh = jnp.concatenate([cell_params[k]["kernel"] for k in ("hi", "hf", "hg", "ho")], axis=1)
-  b = jnp.concatenate([cell_params[k]["bias"] for k in ("hi", "hf", "hg", "ho")])
-  return wi, wh, b
-
-
-def lstm(cell_params, x: jax.Array, carry: tuple[jax.Array, jax.Array]):
-  """`nn.RNN(nn.OptimizedLSTMCell)` with parameters `cell_params` (its `cell` subtree) on
-  batch-major `x <f32>[B, T, F]` from `carry = (c0, h0)`: outputs `<f32>[B, T, H]`.
-
-  Needs `status()[0]` (the library is loaded there)."""
-  hs, _ = _layer(jnp.swapaxes(x, 0, 1), *_weights(cell_params), *carry)
-  return jnp.swapaxes(hs[1:], 0, 1)
-
-
-class KernelRNN(nn.RNN):
-  """An `nn.RNN` whose calls (not its `init`) run on the CPU kernel: the shared part of
-  `KernelLSTM` and `lem_kernel.KernelLEM`. A subclass names the cell it runs (`CELL`) and
-  `_run(x, carry, cell_params)`: time-major x and the cell's carry `(memory, output)` ->
-  (the outputs with the initial one in front `[T+1, B, H]`, the final memory)."""
-
-  CELL: type = nn.RNNCellBase
-
-  def _run(self, x, carry, cell_params):
-    raise NotImplementedError
-
-  def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
-               return_carry=None, time_major=None, reverse=None, keep_order=None):
-    if self.is_initializing():
-      return super().__call__(inputs, initial_carry=initial_carry, init_key=init_key,
-                              seq_lengths=seq_lengths, return_carry=return_carry,
-                              time_major=time_major, reverse=reverse, keep_order=keep_order)
-    pick = lambda given, field: field if given is None else given  # noqa: E731
-    return_carry, time_major = pick(return_carry, self.return_carry), pick(time_major,
-                                                                           self.time_major)
-    reverse, keep_order = pick(reverse, self.reverse), pick(keep_order, self.keep_order)
-    name, cell = type(self).__name__, self.CELL.__name__
-    if seq_lengths is not None:
-      raise NotImplementedError(f"{name} reads whole sequences; for seq_lengths use "
-                                "nn.RNN (lstm_kernel='xla')")
-    if not isinstance(self.cell, self.CELL) or inputs.ndim != 3:
-      raise ValueError(f"{name} runs {cell} on [batch, time, features] inputs; got "
-                       f"{type(self.cell).__name__} on shape {inputs.shape}")
-    if inputs.dtype != jnp.float32:
-      raise KernelUnavailable(f"{name} computes in float32, the input is {inputs.dtype}; "
-                              "use lstm_kernel 'xla'")
-    _loaded()  # a layer built by hand loads the kernel on first use (or says why it cannot)
-    x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [time, batch, features]
-    if reverse:
-      x = jnp.flip(x, 0)
-    if initial_carry is None:
-      key = jax.random.key(0) if init_key is None else init_key
-      initial_carry = self.cell.initialize_carry(key, x.shape[1:])
-    hs, memory = self._run(x, initial_carry, self.variables["params"]["cell"])
-    outputs = jnp.flip(hs[1:], 0) if reverse and keep_order else hs[1:]
-    outputs = outputs if time_major else jnp.swapaxes(outputs, 0, 1)
-    return ((memory, hs[-1]), outputs) if return_carry else outputs
-
-
-class KernelLSTM(KernelRNN):
-  """`nn.RNN(nn.OptimizedLSTMCell(H))`, run by the CPU kernel.
-
-  A drop-in for the `nn.RNN` it subclasses: the same fields and parameters (`cell/ii/kernel`,
-  ...), the same call (`initial_carry`, `init_key`, `return_carry`, `time_major`, `reverse`,
-  `keep_order`), so `nn.Bidirectional` takes it as is. `init` runs `nn.RNN`'s own scan, so
-  parameters are created exactly as there. Inputs are `<f32>[batch, time, features]` (time
-  first with `time_major`); `seq_lengths` needs the scan (`lstm_kernel="xla"`).
-  """
-
-  CELL = nn.OptimizedLSTMCell
-
-  def _run(self, x, carry, cell_params):
-    return _layer(x, *_weights(cell_params), *carry)
