@@ -29,7 +29,8 @@ Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `smal
 batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
 sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100), and `seq_gru`, `seq_lem`,
 `seq_cornn`, `seq_lru`: each other cell at `seq`'s setting (the LRU: one block, 64 complex
-states), against PyTorch's nn.LSTM there. The default is the five LSTM settings. PyTorch
+states), and `seq_lmu` (keras-lmu's psMNIST model: 212 hidden units, memory of order 256),
+against PyTorch's nn.LSTM there. The default is the five LSTM settings. PyTorch
 runs with denormals flushed to zero (`torch.set_flush_denormal(True)`), as XLA's CPU code does.
 
 `--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
@@ -75,9 +76,12 @@ SETTINGS = {
     "seq_lem": ("train", 100, 128, 784, 1, "lem"),
     "seq_cornn": ("train", 100, 128, 784, 1, "cornn"),
     "seq_lru": ("train", 100, 128, 784, 1, "lru"),
+    # keras-lmu's psMNIST model: 212 hidden units over a memory of order 256, window 784.
+    "seq_lmu": ("train", 100, 212, 784, 1, "lmu"),
 }
 
 CLASSES = 10
+LMU_ORDER = 256  # the LMU's memory in `seq_lmu` (its Config default)
 KERNEL_ENV = "RNNJAX_BENCH_RNN_KERNEL"  # --rnn-kernel, as the measured processes see it
 
 
@@ -86,11 +90,13 @@ def flops_per_image(mode: str, hidden: int, steps: int, features: int,
   """Matmul FLOPs per image, counted from the cell's equations (2 per multiply-add): per
   step the input and recurrent matmuls (LSTM: x@W (F x 4H) and h@U (H x 4H); the LRU: B u
   and C x in complex arithmetic, 4 real matmuls of H x N, and its gated linear unit, H x
-  2H), then the readout; a training step adds a backward pass of twice the forward."""
+  2H; the LMU, as its step-by-step equations read: the memory's update, d x d, and W_m m,
+  W_x x, W_h h, although its parallel form does less), then the readout; a training step adds a backward pass of twice the forward."""
   f, h = features, hidden
   per_step = {"lstm": 2 * (f + h) * 4 * h, "gru": 2 * (f + h) * 3 * h,
               "lem": 2 * (4 * f * h + 4 * h * h), "cornn": 2 * (f * h + 2 * h * h),
-              "lru": 2 * f * h + 8 * h * state + 2 * 2 * h * h}[cell]
+              "lru": 2 * f * h + 8 * h * state + 2 * 2 * h * h,
+              "lmu": 2 * (f + LMU_ORDER * (LMU_ORDER + h) + f * h + h * h)}[cell]
   forward = steps * per_step + 2 * hidden * CLASSES
   return 3 * forward if mode == "train" else forward
 

@@ -115,6 +115,14 @@ CELLS: dict[str, CellSpec] = {
         "parallel over time, Orvieto et al. 2023: --hidden-size is its width, --num-layers its "
         "blocks, rnnjax.lru", "LRU", options={"state_size": "state_size"}, model=True,
         units=lambda c: c.num_layers * (c.hidden_size + 2 * c.state_size)),  # complex states
+    "lmu": CellSpec(
+        "rnnjax.lmu:from_config", "Legendre Memory Unit, Voelker et al. 2019: a fixed "
+        "linear memory of the last --lmu-theta steps under a tanh recurrence of "
+        "--hidden-size units, rnnjax.lmu", "LMU",
+        options={"lmu_order": "order", "lmu_theta": "theta",
+                 "lmu_hidden_to_memory": "hidden_to_memory",
+                 "lmu_memory_to_memory": "memory_to_memory"}, model=True,
+        units=lambda c: c.num_layers * (c.hidden_size + c.lmu_order)),
 }
 
 
@@ -168,6 +176,16 @@ class Config:
       "lstm", "recurrent cell: " + ", ".join(f"{k} ({v.doc})" for k, v in CELLS.items()),
       group=MODEL, choices=tuple(CELLS))
   state_size: int = _field(64, "the lru's complex state per block", group=MODEL, low=1)
+  lmu_order: int = _field(256, "the lmu's memory: Legendre coefficients of its window",
+                          group=MODEL, low=1)
+  lmu_theta: float = _field(784.0, "the lmu's window, in time steps", group=MODEL, low=0,
+                            open_low=True)
+  lmu_hidden_to_memory: bool = _field(
+      False, "the lmu's hidden state feeds its memory (then the memory is scanned step by "
+      "step)", group=MODEL)
+  lmu_memory_to_memory: bool = _field(
+      False, "the lmu's memory feeds itself through a learned map (then the memory is "
+      "scanned step by step)", group=MODEL)
   cell_dt: float | None = _field(
       None, "time step of the lem and cornn cells (default: the authors' sequential-MNIST "
       "setting, 0.21 for lem, 0.042 for cornn)", group=MODEL, low=0, open_low=True)

@@ -186,3 +186,66 @@ def lru_layer(p, u):
     x = lam * x + u[:, t] @ b.T
     out.append((x @ c.T).real + p["D"] * u[:, t])
   return np.stack(out, 1)
+
+
+def legendre_delay(order, theta):
+  """The Legendre Memory Unit's delay system (Voelker et al. 2019, eq. 2), entry by entry:
+  theta m' = A m + B u, A[i, j] = (2i + 1) (-1 if i < j else (-1)^(i - j + 1)),
+  B[i] = (2i + 1) (-1)^i; returned divided by theta."""
+  a = np.zeros((order, order))
+  b = np.zeros(order)
+  for i in range(order):
+    b[i] = (2 * i + 1) * (-1) ** i
+    for j in range(order):
+      a[i, j] = (2 * i + 1) * (-1.0 if i < j else (-1.0) ** (i - j + 1))
+  return a / theta, b / theta
+
+
+def expm(m, terms=30):
+  """exp(m) by its Taylor series with scaling and squaring (not the Pade approximant that
+  SciPy uses): the norm scaled below 1/2, the series summed, then squared back."""
+  squarings = max(0, int(np.ceil(np.log2(max(np.abs(m).sum(1).max(), 1e-300) / 0.5))))
+  scaled = m / 2.0 ** squarings
+  term = np.eye(len(m))
+  total = term.copy()
+  for k in range(1, terms):
+    term = term @ scaled / k
+    total = total + term
+  for _ in range(squarings):
+    total = total @ total
+  return total
+
+
+def lmu_zoh(order, theta):
+  """(A_d, B_d): the delay system held constant over one step (zero-order hold), from the
+  exponential of the augmented system [[A, B], [0, 0]]."""
+  a, b = legendre_delay(order, theta)
+  augmented = np.zeros((order + 1, order + 1))
+  augmented[:order, :order], augmented[:order, order] = a, b
+  e = expm(augmented)
+  return e[:order, :order], e[:order, order]
+
+
+def lmu_layer(cell, x, theta, hidden_to_memory=False, memory_to_memory=False):
+  """The Legendre Memory Unit, a plain loop over time: u = e_x x [+ e_h h] [+ e_m m],
+  m' = A_d m + B_d u per memory, h' = tanh(W_m m' + W_x x + b + W_h h); output h."""
+  p = _f64(cell)
+  memory_d = p["encoder_x"]["kernel"].shape[1]
+  order = p["memory"]["kernel"].shape[0] // memory_d
+  hidden = p["hidden"]["kernel"].shape[0]
+  ad, bd = lmu_zoh(order, theta)
+  m = np.zeros((x.shape[0], memory_d * order))
+  h = np.zeros((x.shape[0], hidden))
+  outputs = []
+  for t in range(x.shape[1]):
+    u = x[:, t] @ p["encoder_x"]["kernel"]
+    if hidden_to_memory:
+      u = u + h @ p["encoder_h"]["kernel"]
+    if memory_to_memory:
+      u = u + m @ p["encoder_m"]["kernel"]
+    m = np.concatenate([m[:, j * order:(j + 1) * order] @ ad.T + u[:, j:j + 1] * bd
+                        for j in range(memory_d)], axis=1)
+    h = np.tanh(m @ p["memory"]["kernel"] + x[:, t] @ p["input"]["kernel"]
+                + p["input"]["bias"] + h @ p["hidden"]["kernel"])
+    outputs.append(h)
+  return np.stack(outputs, 1)

@@ -1,0 +1,192 @@
+"""rnnjax.lmu: the Legendre delay system by hand and against an independent matrix
+exponential, the model against a float64 NumPy loop, the parallel memory against the
+step-by-step scan (forward and gradients), gradients against central differences, and the
+model through the training loop."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnjax import lmu, models, presets, resources, steps, train
+from tests.helpers import random_params, reference
+
+
+def rel_err(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def test_the_legendre_delay_system_by_hand():
+  a, b = lmu.legendre_delay(3)
+  np.testing.assert_array_equal(a, [[-1, -1, -1], [3, -3, -3], [-5, 5, -5]])
+  np.testing.assert_array_equal(b, [1, -3, 5])
+
+
+@pytest.mark.parametrize("order,theta", [(3, 1.0), (16, 50.0), (64, 784.0), (256, 784.0)])
+def test_zero_order_hold_matches_an_independent_matrix_exponential(order, theta):
+  ad, bd = lmu.zoh(order, theta)
+  want_a, want_b = reference.lmu_zoh(order, theta)  # Taylor series, not SciPy's Pade
+  assert rel_err(ad, want_a) <= 1e-10 and rel_err(bd, want_b) <= 1e-10
+
+
+def test_the_memory_of_a_constant_input_is_its_first_legendre_coefficient():
+  """A window holding the constant 1 is the Legendre polynomial P_0: the memory settles at
+  (1, 0, 0, ...), both as the fixed point of the discrete system and as the sum of its
+  impulse response over many windows."""
+  order, theta = 12, 40.0
+  ad, bd = lmu.zoh(order, theta)
+  fixed = np.linalg.solve(np.eye(order) - ad, bd)
+  np.testing.assert_allclose(fixed, np.eye(order)[0], atol=1e-9)
+  settled = lmu.impulse_response(order, theta, 40 * int(theta)).sum(0)
+  np.testing.assert_allclose(settled, np.eye(order)[0], atol=1e-6)
+
+
+OPTIONS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+@pytest.mark.parametrize("hidden_to_memory,memory_to_memory", OPTIONS)
+@pytest.mark.parametrize("parallel", [True, False])
+def test_logits_match_float64_numpy(hidden_to_memory, memory_to_memory, parallel):
+  theta = 9.0
+  with jax.enable_x64(True):
+    model = lmu.LMUClassifier(hidden_size=6, num_layers=2, order=5, theta=theta,
+                              hidden_to_memory=hidden_to_memory,
+                              memory_to_memory=memory_to_memory, parallel=parallel)
+    x = jax.random.uniform(jax.random.key(1), (3, 17, 2), jnp.float64)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), random_params(model, x))
+    got = jax.jit(model.apply)({"params": params}, x)
+    p = jax.device_get(params)
+    h = np.asarray(x)
+    for k in range(2):
+      h = reference.lmu_layer(p[f"rnn_{k}"]["cell"], h, theta, hidden_to_memory,
+                              memory_to_memory)
+    want = h[:, -1] @ p["head"]["kernel"] + p["head"]["bias"]
+  assert rel_err(got, want) <= 1e-10
+
+
+def test_two_memories_in_parallel_match_the_scan():
+  """A cell with memory_d = 2 (two delay systems, each with its own encoder column): the
+  parallel layer against `nn.RNN`'s scan of the same cell, float64."""
+  with jax.enable_x64(True):
+    cell = lmu.LMUCell(5, order=4, theta=7.0, memory_d=2)
+    fast, scan = lmu.LMULayer(cell), lmu.LMULayer(cell, parallel=False)
+    x = jax.random.uniform(jax.random.key(2), (2, 13, 3), jnp.float64)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), random_params(scan, x))
+    (m1, h1), y1 = fast.apply({"params": params}, x, return_carry=True)
+    (m2, h2), y2 = scan.apply({"params": params}, x, return_carry=True)
+  assert rel_err(y1, y2) <= 1e-12 and rel_err(h1, h2) <= 1e-12 and rel_err(m1, m2) <= 1e-12
+
+
+def test_the_parallel_layer_falls_back_to_the_scan_where_it_does_not_apply():
+  cell = lmu.LMUCell(4, order=3, theta=5.0)
+  x = jax.random.uniform(jax.random.key(3), (2, 6, 1))
+  params = random_params(nn.RNN(cell), x)
+  carry = (jnp.ones((2, 3)), jnp.ones((2, 4)))
+  for kw in [dict(initial_carry=carry), dict(reverse=True, keep_order=True)]:
+    got = lmu.LMULayer(cell).apply({"params": params}, x, **kw)
+    want = nn.RNN(cell).apply({"params": params}, x, **kw)
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="reads the input only"):
+    lmu.LMUCell(4, order=3, hidden_to_memory=True).apply(
+        {"params": params["cell"]}, x, method="sequence")
+
+
+def test_the_parallel_memory_matches_the_scan_in_float32_at_784_steps():
+  """psMNIST's length and window, forward and gradients, float32 both ways: they differ by
+  float32 rounding only (an FFT convolution against 784 sequential updates)."""
+  kw = dict(hidden_size=16, order=64, theta=784.0)
+  fast, scan = lmu.LMUClassifier(**kw), lmu.LMUClassifier(**kw, parallel=False)
+  x = jax.random.uniform(jax.random.key(4), (4, 784, 1))
+  labels = jnp.array([0, 3, 9, 1])
+  params = random_params(scan, x)
+
+  def loss(model):
+    return lambda p: steps.cross_entropy(model.apply({"params": p}, x), labels).mean()
+
+  assert rel_err(jax.jit(fast.apply)({"params": params}, x),
+                 jax.jit(scan.apply)({"params": params}, x)) <= 1e-5
+  g_fast, g_scan = (jax.jit(jax.grad(loss(m)))(params) for m in (fast, scan))
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_scan)):
+    assert rel_err(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("hidden_to_memory", [False, True])  # the parallel form, the scan
+def test_gradients_match_central_differences(hidden_to_memory):
+  with jax.enable_x64(True):
+    model = lmu.LMUClassifier(hidden_size=5, order=4, theta=6.0,
+                              hidden_to_memory=hidden_to_memory)
+    x = jax.random.uniform(jax.random.key(5), (3, 10, 2), jnp.float64)
+    labels = jnp.array([1, 7, 3])
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), random_params(model, x))
+
+    def loss(p):
+      return steps.cross_entropy(model.apply({"params": p}, x), labels).mean()
+
+    grads = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+    loss = jax.jit(loss)
+    flat, tree = jax.tree.flatten(params)
+    rng, worst, h = np.random.default_rng(0), 0.0, 1e-4
+    for li, leaf in enumerate(flat):
+      for j in rng.choice(leaf.size, size=min(3, leaf.size), replace=False):
+        def shifted(d):
+          new, moved = list(flat), np.array(leaf)
+          moved.ravel()[j] += d
+          new[li] = moved
+          return float(loss(jax.tree.unflatten(tree, new)))
+        fd = (shifted(-2 * h) - 8 * shifted(-h) + 8 * shifted(h) - shifted(2 * h)) / (12 * h)
+        g = float(np.ravel(grads[li])[j])
+        worst = max(worst, abs(fd - g) / max(abs(g), 1e-4))
+  assert worst <= 1e-7
+
+
+def test_parameters_of_keras_lmus_psmnist_model():
+  """212 hidden units over a memory of order 256 reading one pixel, and the readout:
+  W_m 256 x 212, W_x 1 x 212 and b 212, W_h 212 x 212, e_x 1, head 212 x 10 + 10."""
+  config = presets.get("tiny").replace(cell="lmu", hidden_size=212, lmu_order=256,
+                                       num_layers=1, task="permuted")
+  want = 256 * 212 + 212 + 212 + 212 * 212 + 1 + 212 * 10 + 10
+  assert want == 101_771
+  assert resources.parameter_count(config) == want
+  params = jax.eval_shape(lambda: models.init_params(
+      models.model_from_config(config), jax.random.key(0), jnp.zeros((1, 784, 1))))
+  cell = params["rnn_0"]["cell"]
+  assert cell["encoder_x"]["kernel"].shape == (1, 1)
+  assert cell["memory"]["kernel"].shape == (256, 212)
+  assert cell["hidden"]["kernel"].shape == (212, 212)
+
+
+def test_dropout_acts_in_training_only():
+  model = lmu.LMUClassifier(hidden_size=6, order=4, theta=8.0, dropout=0.5)
+  x = jax.random.uniform(jax.random.key(6), (3, 8, 1))
+  params = random_params(model, x)
+  rngs = {"dropout": jax.random.key(7)}
+  plain = model.apply({"params": params}, x)
+  np.testing.assert_array_equal(plain, model.clone(dropout=0.0).apply({"params": params}, x))
+  dropped = model.apply({"params": params}, x, train=True, rngs=rngs)
+  assert not np.allclose(plain, dropped)
+  np.testing.assert_array_equal(dropped, model.apply({"params": params}, x, train=True,
+                                                     rngs=rngs))
+
+
+def test_initialisation():
+  cell = lmu.LMUCell(6, order=5, theta=9.0, memory_to_memory=True)
+  params = nn.RNN(cell).init(jax.random.key(0), jnp.zeros((1, 3, 2)))["params"]["cell"]
+  np.testing.assert_array_equal(params["encoder_x"]["kernel"], np.ones((2, 1)))
+  w_h = np.asarray(params["hidden"]["kernel"])
+  np.testing.assert_allclose(w_h @ w_h.T, np.eye(6), atol=1e-5)  # orthogonal
+  np.testing.assert_array_equal(params["input"]["bias"], np.zeros(6))
+  assert "encoder_h" not in params and params["encoder_m"]["kernel"].shape == (5, 1)
+
+
+def test_an_lmu_trains_through_the_loop(tiny_splits, tmp_path):
+  config = presets.get("tiny").replace(cell="lmu", hidden_size=8, lmu_order=6,
+                                       lmu_theta=28.0, epochs=2, dropout=0.25)
+  model = models.model_from_config(config)
+  assert isinstance(model, lmu.LMUClassifier) and model.dropout == 0.25
+  _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)
+  assert [r["step"] for r in history] == [4, 8]
+  assert np.isfinite(history[-1]["test_loss"]) and history[-1]["grad_norm"] > 0
+  with pytest.raises(ValueError, match="lmu_order applies to the LMU cell only"):
+    presets.get("tiny").replace(lmu_order=8)
