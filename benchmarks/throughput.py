@@ -1,10 +1,11 @@
 """How fast is rnnjax's step? Throughput of its real training and evaluation steps,
-optionally against PyTorch's `nn.LSTM`.
+optionally against PyTorch's `nn.LSTM` and keras-lmu's LMU.
 
 Command (from the repository root; benchmarks/README.md says how to read the figures):
 
     python benchmarks/throughput.py                       # every setting, rnnjax only
     python benchmarks/throughput.py --compare-torch       # and PyTorch nn.LSTM, with ratios
+    python benchmarks/throughput.py --settings seq_lmu --compare-torch --compare-keras-lmu
     python benchmarks/throughput.py --settings tutorial --json
     python benchmarks/throughput.py --allocator tuned     # glibc malloc tunables, see below
     python benchmarks/throughput.py --rnn-kernel cudnn   # on a GPU: cuDNN's fused LSTM
@@ -91,7 +92,8 @@ def flops_per_image(mode: str, hidden: int, steps: int, features: int,
   step the input and recurrent matmuls (LSTM: x@W (F x 4H) and h@U (H x 4H); the LRU: B u
   and C x in complex arithmetic, 4 real matmuls of H x N, and its gated linear unit, H x
   2H; the LMU, as its step-by-step equations read: the memory's update, d x d, and W_m m,
-  W_x x, W_h h, although its parallel form does less), then the readout; a training step adds a backward pass of twice the forward."""
+  W_x x, W_h h, although its parallel form does less), then the readout; a training step
+  adds a backward pass of twice the forward."""
   f, h = features, hidden
   per_step = {"lstm": 2 * (f + h) * 4 * h, "gru": 2 * (f + h) * 3 * h,
               "lem": 2 * (4 * f * h + 4 * h * h), "cornn": 2 * (f * h + 2 * h * h),
@@ -211,9 +213,49 @@ def bench_torch(name: str) -> Prepared:
       "peak_memory_kind": "device peak bytes" if on_gpu else "process peak RSS"})
 
 
+def bench_keras(name: str) -> Prepared:
+  """keras-lmu's psMNIST example model at the setting's shape: `RNN(LMUCell(memory_d=1,
+  order=LMU_ORDER, theta=T, hidden_cell=SimpleRNNCell(H), hidden_to_memory=False,
+  memory_to_memory=False, input_to_hidden=True, kernel_initializer="ones"))`, `Dense(10)`,
+  Adam, one `train_on_batch` per call (its notebook's `fit` runs the same step)."""
+  import numpy as np
+  import tensorflow as tf
+  import keras_lmu
+
+  mode, batch, hidden, t_steps, features, _ = SETTINGS[name]
+  tf.random.set_seed(0)
+  cell = keras_lmu.LMUCell(memory_d=1, order=LMU_ORDER, theta=t_steps,
+                           hidden_cell=tf.keras.layers.SimpleRNNCell(hidden),
+                           hidden_to_memory=False, memory_to_memory=False,
+                           input_to_hidden=True, kernel_initializer="ones")
+  inputs = tf.keras.Input((t_steps, features))
+  outputs = tf.keras.layers.Dense(CLASSES)(tf.keras.layers.RNN(cell)(inputs))
+  model = tf.keras.Model(inputs, outputs)
+  model.compile(optimizer="adam",
+                loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.default_rng(0)
+  x = rng.random((batch, t_steps, features), dtype=np.float32)
+  y = rng.integers(0, CLASSES, batch).astype(np.int32)
+
+  def run():
+    model.train_on_batch(x, y)
+
+  t = time.perf_counter()
+  run()
+  first_call = time.perf_counter() - t
+  return Prepared(run, lambda: None, batch, lambda: {
+      "framework": f"keras-lmu {keras_lmu.__version__} (TensorFlow {tf.__version__})",
+      "device": "cpu", "parameters": model.count_params(), "first_call_seconds": first_call,
+      "peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "process peak RSS"})
+
+
+BENCHES = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras}
+PEERS = {"torch": "torch", "keras": "keras-lmu"}  # a peer's framework -> its name in lines
+
+
 def summarize(name: str, result: dict, framework: str = "jax") -> dict:
   mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
-  cell = cell if framework == "jax" else "lstm"  # PyTorch's peer is always its nn.LSTM
+  cell = "lstm" if framework == "torch" else cell  # PyTorch's peer is always its nn.LSTM
   rates = result.pop("images_per_second")
   flops = flops_per_image(mode, hidden, t_steps, features, cell)
   out = {"setting": name, "mode": mode, "cell": cell, "batch": batch, "hidden": hidden,
@@ -238,6 +280,9 @@ def benchmark_main(argv=None) -> int:
                  help=f"comma-separated, from {', '.join(SETTINGS)}")
   p.add_argument("--compare-torch", action="store_true",
                  help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
+  p.add_argument("--compare-keras-lmu", action="store_true",
+                 help="also measure keras-lmu's psMNIST model at the LMU settings (needs "
+                      "pip install keras-lmu==0.9.0 beside TensorFlow)")
   p.add_argument("--allocator", default=None,
                  help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
                       f"{', '.join(ALLOCATORS)}, a comma-separated list, or all "
@@ -247,7 +292,7 @@ def benchmark_main(argv=None) -> int:
   p.add_argument("--windows", type=int, default=7)
   p.add_argument("--window-seconds", type=float, default=2.0)
   p.add_argument("--json", action="store_true", help="one JSON object per setting")
-  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  p.add_argument("--worker", choices=tuple(BENCHES), help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   names = [n.strip() for n in args.settings.split(",") if n.strip()]
   unknown = [n for n in names if n not in SETTINGS]
@@ -257,8 +302,7 @@ def benchmark_main(argv=None) -> int:
     p.error("--windows must be >= 1 and --window-seconds > 0")
 
   if args.worker:  # inside a measured process: one setting, JSON lines on stdout
-    bench = bench_jax if args.worker == "jax" else bench_torch
-    serve(bench(names[0]), args.window_seconds)
+    serve(BENCHES[args.worker](names[0]), args.window_seconds)
     return 0
 
   if args.compare_torch:
@@ -266,6 +310,14 @@ def benchmark_main(argv=None) -> int:
       import torch  # noqa: F401
     except ImportError:
       p.error("--compare-torch needs PyTorch: pip install torch==2.13.0 (CPU build)")
+  if args.compare_keras_lmu:
+    try:
+      import keras_lmu  # noqa: F401
+    except ImportError:
+      p.error("--compare-keras-lmu needs keras-lmu: pip install keras-lmu==0.9.0")
+    if any(SETTINGS[n][5] != "lmu" for n in names):
+      p.error("--compare-keras-lmu measures the LMU settings only: "
+              + ", ".join(n for n in SETTINGS if SETTINGS[n][5] == "lmu"))
   if args.allocator is None:
     try:
       allocators = ["hugetlb" if allocator.wanted() == "tuned" else "default"]
@@ -291,10 +343,12 @@ def benchmark_main(argv=None) -> int:
 
 
 def measure(name: str, alloc: str, args, env: dict) -> None:
-  """One setting under one allocator: rnnjax's process, and PyTorch's with --compare-torch,
-  both alive at once and taking turns window by window, so that the two see the same moods
-  of the machine (its speed drifts by tens of per cent between minutes)."""
-  frameworks = ["jax", "torch"] if args.compare_torch else ["jax"]
+  """One setting under one allocator: rnnjax's process, and PyTorch's with --compare-torch
+  and keras-lmu's with --compare-keras-lmu, all alive at once and taking turns window by
+  window, so that they see the same moods of the machine (its speed drifts by tens of per
+  cent between minutes)."""
+  frameworks = ["jax", *(["torch"] if args.compare_torch else []),
+                *(["keras"] if args.compare_keras_lmu else [])]
   workers = []
   try:
     for framework in frameworks:
@@ -307,12 +361,11 @@ def measure(name: str, alloc: str, args, env: dict) -> None:
       w.close()
   ours = results[0]
   ours["allocator"] = alloc
-  if args.compare_torch:
-    theirs = results[1]
-    ours["torch"] = theirs
-    pairs = [a / b for a, b in zip(*rates)]
-    ours["speedup_vs_torch"] = statistics.median(pairs)
-    ours["speedup_vs_torch_per_window_pair"] = pairs
+  for framework, theirs, their_rates in zip(frameworks[1:], results[1:], rates[1:]):
+    ours[framework] = theirs
+    pairs = [a / b for a, b in zip(rates[0], their_rates)]
+    ours[f"speedup_vs_{framework}"] = statistics.median(pairs)
+    ours[f"speedup_vs_{framework}_per_window_pair"] = pairs
     if "matmul_peak_gflops" in ours:
       theirs["fraction_of_matmul_peak"] = (theirs["images_per_second"]["median"]
                                            * theirs["flops_per_image"]
@@ -334,10 +387,12 @@ def line(r: dict) -> str:
   if "fraction_of_matmul_peak" in r:
     s += (f" | {100 * r['fraction_of_matmul_peak']:.0f}% of {r['matmul_peak_gflops']:.0f} "
           "GFLOP/s")
-  if "torch" in r:
-    t = r["torch"]
-    s += (f" | torch {t['images_per_second']['median']:9,.0f} img/s "
-          f"({100 * t.get('fraction_of_matmul_peak', 0):.0f}%) | x{r['speedup_vs_torch']:.2f}")
+  for framework, peer in PEERS.items():
+    if framework in r:
+      t = r[framework]
+      s += (f" | {peer} {t['images_per_second']['median']:9,.0f} img/s "
+            f"({100 * t.get('fraction_of_matmul_peak', 0):.0f}%) | "
+            f"x{r[f'speedup_vs_{framework}']:.2f}")
   return s
 
 

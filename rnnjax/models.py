@@ -62,7 +62,10 @@ def make_rnn(cell: str, hidden_size: int, implementation: str = "xla",
 
 def describe(config) -> str:
   """How `config`'s recurrent layers run in this process, for the run's first line."""
-  layers = CELLS[config.cell].layers  # the faster layers the cell registers, if any
+  spec = CELLS[config.cell]
+  if spec.model:  # a whole model, which says in its module how its layers run
+    return f"{spec.family}: its own model ({spec.make.split(':')[0]})"
+  layers = spec.layers  # the faster layers the cell registers, if any
   if not layers:
     return f"{config.cell} layers: nn.RNN scan"
   what = ("bidirectional " if config.bidirectional else "") + config.cell.upper()

@@ -1,7 +1,10 @@
 """rnnjax.lmu: the Legendre delay system by hand and against an independent matrix
-exponential, the model against a float64 NumPy loop, the parallel memory against the
+exponential, the model against keras-lmu (a stored fixture) and a float64 NumPy loop, the parallel memory against the
 step-by-step scan (forward and gradients), gradients against central differences, and the
 model through the training loop."""
+
+import json
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -64,6 +67,59 @@ def test_logits_match_float64_numpy(hidden_to_memory, memory_to_memory, parallel
                               memory_to_memory)
     want = h[:, -1] @ p["head"]["kernel"] + p["head"]["bias"]
   assert rel_err(got, want) <= 1e-10
+
+
+KERAS = json.loads((Path(__file__).parent / "fixtures" / "keras_lmu.json").read_text())
+
+
+def keras_params(case) -> dict:
+  """keras-lmu's weights as rnnjax's parameters: its memory encoder over [x, h] splits into
+  `encoder_x` and `encoder_h`, its hidden cell's kernel over [m, x] into `memory` and
+  `input`."""
+  w = {k: np.asarray(v["value"], np.float32).reshape(v["shape"])
+       for k, v in case["weights"].items()}
+  features, order = KERAS["features"], KERAS["order"]
+  encoder, hidden_in = w["lmu_cell/kernel"], w["simple_rnn_cell/kernel"]
+  cell = {"encoder_x": {"kernel": encoder[:features]},
+          "memory": {"kernel": hidden_in[:order]},
+          "input": {"kernel": hidden_in[order:], "bias": w["simple_rnn_cell/bias"]},
+          "hidden": {"kernel": w["simple_rnn_cell/recurrent_kernel"]}}
+  if case["hidden_to_memory"]:
+    cell["encoder_h"] = {"kernel": encoder[features:]}
+  if case["memory_to_memory"]:
+    cell["encoder_m"] = {"kernel": w["lmu_cell/recurrent_kernel"]}
+  return {"rnn_0": {"cell": cell},
+          "head": {"kernel": w["dense/kernel"], "bias": w["dense/bias"]}}
+
+
+@pytest.mark.parametrize("case", KERAS["cases"], ids=lambda c: f"h2m={c['hidden_to_memory']}")
+@pytest.mark.parametrize("parallel", [True, False])
+def test_logits_and_carry_match_keras_lmu(case, parallel):
+  """keras-lmu's `RNN(LMUCell(memory_d=1, ..., input_to_hidden=True))` with a
+  `SimpleRNNCell` and a `Dense` readout (tests/tools/make_keras_lmu_fixture.py), random
+  weights: the same logits and final carry from the same weights, float32 both."""
+  model = lmu.LMUClassifier(
+      hidden_size=KERAS["hidden"], order=KERAS["order"], theta=KERAS["theta"],
+      num_classes=KERAS["classes"], hidden_to_memory=case["hidden_to_memory"],
+      memory_to_memory=case["memory_to_memory"], parallel=parallel)
+  x = np.asarray(case["inputs"], np.float32).reshape(
+      KERAS["batch"], KERAS["time"], KERAS["features"])
+  params = keras_params(case)
+  logits = model.apply({"params": params}, x)
+  np.testing.assert_allclose(logits, np.reshape(case["logits"], logits.shape), rtol=2e-5,
+                             atol=2e-6)
+  (m, h), _ = lmu.LMULayer(model_cell(model), parallel=parallel).apply(
+      {"params": params["rnn_0"]}, x, return_carry=True)
+  np.testing.assert_allclose(m, np.reshape(case["carry"]["memory"], m.shape), rtol=2e-5,
+                             atol=2e-6)
+  np.testing.assert_allclose(h, np.reshape(case["carry"]["hidden"], h.shape), rtol=2e-5,
+                             atol=2e-6)
+
+
+def model_cell(model: lmu.LMUClassifier) -> lmu.LMUCell:
+  return lmu.LMUCell(model.hidden_size, model.order, model.theta,
+                     hidden_to_memory=model.hidden_to_memory,
+                     memory_to_memory=model.memory_to_memory)
 
 
 def test_two_memories_in_parallel_match_the_scan():
@@ -185,6 +241,7 @@ def test_an_lmu_trains_through_the_loop(tiny_splits, tmp_path):
                                        lmu_theta=28.0, epochs=2, dropout=0.25)
   model = models.model_from_config(config)
   assert isinstance(model, lmu.LMUClassifier) and model.dropout == 0.25
+  assert models.describe(config) == "LMU: its own model (rnnjax.lmu)"
   _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)
   assert [r["step"] for r in history] == [4, 8]
   assert np.isfinite(history[-1]["test_loss"]) and history[-1]["grad_norm"] > 0
