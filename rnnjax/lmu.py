@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from rnnjax import models
+
 
 def legendre_delay(order: int) -> tuple[np.ndarray, np.ndarray]:
   """The continuous Legendre delay system `(A <[d, d]>, B <[d]>)` for `theta = 1`
@@ -238,10 +240,10 @@ class LMULayer(nn.RNN):
 
 class LMUClassifier(nn.Module):
   """`num_layers` LMU layers (`dropout` on each one's outputs in training), then a dense
-  readout of the last step (or of the mean over time, `readout="mean"`). Called as `SequenceClassifier` is: `<[batch, T, F]>` -> logits
-  `<[batch, C]>`; `all_steps=True`: the readout after every step, `<[batch, T, C]>`.
-  `parallel=False` scans every layer step by step (`nn.RNN`'s scan), with the same
-  parameters."""
+  readout of the last step (or of the mean over time, `readout="mean"`). Called as
+  `SequenceClassifier` is: `<[batch, T, F]>` -> logits `<[batch, C]>`; `all_steps=True`:
+  the readout after every step, `<[batch, T, C]>`. `parallel=False` scans every layer step
+  by step (`nn.RNN`'s scan), with the same parameters."""
 
   hidden_size: int = 212
   num_layers: int = 1
@@ -265,13 +267,8 @@ class LMUClassifier(nn.Module):
       x = LMULayer(cell, parallel=self.parallel, name=f"rnn_{k}")(x)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    head = nn.Dense(self.num_classes, name="head")
-    if self.readout == "mean":
-      if all_steps:
-        t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
-        return head(jnp.cumsum(x, axis=1) / t)
-      return head(jnp.mean(x, axis=1))
-    return head(x) if all_steps else head(x[:, -1])
+    return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
+                           all_steps)
 
 
 def from_config(config) -> LMUClassifier:

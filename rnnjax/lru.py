@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnnjax import models
+
 
 def _ring_init(r_min: float, r_max: float, max_phase: float):
   """Initializers of nu_log and theta_log: |lambda| uniform on the ring [r_min, r_max]
@@ -156,13 +158,8 @@ class LRUClassifier(nn.Module):
     x = nn.Dense(self.d_model, name="encoder")(inputs)
     for k in range(self.num_blocks):
       x = LRUBlock(self.state_size, self.dropout, self.parallel, name=f"block_{k}")(x, train)
-    head = nn.Dense(self.num_classes, name="head")
-    if self.readout == "last":
-      return head(x) if all_steps else head(x[:, -1])
-    if all_steps:
-      t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
-      return head(jnp.cumsum(x, axis=1) / t)
-    return head(jnp.mean(x, axis=1))
+    return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
+                           all_steps)
 
 
 def from_config(config) -> LRUClassifier:

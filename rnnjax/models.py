@@ -206,17 +206,22 @@ class SequenceClassifier(nn.Module):
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     head = nn.Dense(self.num_classes, name="head")
-    if self.readout == "mean":
-      if all_steps:
-        t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
-        return head(jnp.cumsum(x, axis=1) / t)
-      return head(jnp.mean(x, axis=1))
-    if all_steps:
-      return head(x)
-    if self.bidirectional:
+    if self.bidirectional and self.readout == "last" and not all_steps:
       h = self.hidden_size
       return head(jnp.concatenate([x[:, -1, :h], x[:, 0, h:]], axis=-1))
-    return head(x[:, -1])
+    return read_out(head, x, self.readout, all_steps)
+
+
+def read_out(head: nn.Module, x: jnp.ndarray, readout: str, all_steps: bool) -> jnp.ndarray:
+  """`head` applied to the layers' outputs `x <[batch, time, H]>`: to the last step
+  (`readout="last"`) or to the mean over time (`"mean"`); with `all_steps`, after every step
+  (the output at t, or the mean of the outputs up to t), `<[batch, time, C]>`."""
+  if readout == "mean":
+    if all_steps:
+      t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
+      return head(jnp.cumsum(x, axis=1) / t)
+    return head(jnp.mean(x, axis=1))
+  return head(x) if all_steps else head(x[:, -1])
 
 
 def zero_carry(x: jnp.ndarray, cell: nn.RNNCellBase):

@@ -1,7 +1,7 @@
 """rnnjax.lmu: the Legendre delay system by hand and against an independent matrix
-exponential, the model against keras-lmu (a stored fixture) and a float64 NumPy loop, the parallel memory against the
-step-by-step scan (forward and gradients), gradients against central differences, and the
-model through the training loop."""
+exponential, the model against keras-lmu (a stored fixture) and a float64 NumPy loop, the
+parallel memory against the step-by-step scan (forward and gradients), gradients against
+central differences, and the model through the training loop."""
 
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rnnjax import lmu, models, presets, resources, steps, train
-from tests.helpers import random_params, reference
+from tests.helpers import random_params, reference, worst_central_difference_error
 
 
 def rel_err(got, want):
@@ -180,20 +180,7 @@ def test_gradients_match_central_differences(hidden_to_memory):
     def loss(p):
       return steps.cross_entropy(model.apply({"params": p}, x), labels).mean()
 
-    grads = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
-    loss = jax.jit(loss)
-    flat, tree = jax.tree.flatten(params)
-    rng, worst, h = np.random.default_rng(0), 0.0, 1e-4
-    for li, leaf in enumerate(flat):
-      for j in rng.choice(leaf.size, size=min(3, leaf.size), replace=False):
-        def shifted(d):
-          new, moved = list(flat), np.array(leaf)
-          moved.ravel()[j] += d
-          new[li] = moved
-          return float(loss(jax.tree.unflatten(tree, new)))
-        fd = (shifted(-2 * h) - 8 * shifted(-h) + 8 * shifted(h) - shifted(2 * h)) / (12 * h)
-        g = float(np.ravel(grads[li])[j])
-        worst = max(worst, abs(fd - g) / max(abs(g), 1e-4))
+    worst = worst_central_difference_error(loss, params, h=1e-4)
   assert worst <= 1e-7
 
 

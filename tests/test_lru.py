@@ -8,7 +8,7 @@ import pytest
 
 from rnnjax import presets
 from rnnjax import lru, models, steps, train
-from tests.helpers import reference
+from tests.helpers import reference, worst_central_difference_error
 
 
 def rel_err(got, want):
@@ -65,22 +65,9 @@ def test_the_model_runs_the_same_in_parallel_and_sequentially_and_its_gradients_
     def loss(p):
       return steps.cross_entropy(fast.apply({"params": p}, x), labels).mean()
 
-    grads = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
-    loss = jax.jit(loss)
-    flat, tree = jax.tree.flatten(params)
     # Fourth-order central differences with h = 1e-4: lambda = exp(-exp(nu) + ...) has
     # large higher derivatives, so h = 1e-3 (the LSTM test's) left 1.5e-5 of truncation.
-    rng, worst, h = np.random.default_rng(0), 0.0, 1e-4
-    for li, leaf in enumerate(flat):
-      for j in rng.choice(leaf.size, size=min(3, leaf.size), replace=False):
-        def shifted(d):
-          new, moved = list(flat), np.array(leaf)  # (NumPy: no operation to compile)
-          moved.ravel()[j] += d
-          new[li] = moved
-          return float(loss(jax.tree.unflatten(tree, new)))
-        fd = (shifted(-2 * h) - 8 * shifted(-h) + 8 * shifted(h) - shifted(2 * h)) / (12 * h)
-        g = float(np.ravel(grads[li])[j])
-        worst = max(worst, abs(fd - g) / max(abs(g), 1e-4))
+    worst = worst_central_difference_error(loss, params, h=1e-4)
   print(f"measured: lru gradients vs finite differences {worst:.1e}")
   assert worst <= 1e-6
 

@@ -82,3 +82,24 @@ def abstract_like(state):
   """Shape/dtype structs of `state`'s arrays, for restoring without materialising it."""
   import orbax.checkpoint as ocp
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def worst_central_difference_error(loss, params, h=1e-4, per_leaf=3, seed=0) -> float:
+  """The largest relative error of `jax.grad(loss)(params)` against fourth-order central
+  differences of `loss` (float64 params), over `per_leaf` random entries of each leaf:
+  |fd - g| / max(|g|, 1e-4)."""
+  grads = jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+  loss = jax.jit(loss)
+  flat, tree = jax.tree.flatten(params)
+  rng, worst = np.random.default_rng(seed), 0.0
+  for li, leaf in enumerate(flat):
+    for j in rng.choice(leaf.size, size=min(per_leaf, leaf.size), replace=False):
+      def shifted(d):
+        new, moved = list(flat), np.array(leaf)  # (NumPy: no operation to compile)
+        moved.ravel()[j] += d
+        new[li] = moved
+        return float(loss(jax.tree.unflatten(tree, new)))
+      fd = (shifted(-2 * h) - 8 * shifted(-h) + 8 * shifted(h) - shifted(2 * h)) / (12 * h)
+      g = float(np.ravel(grads[li])[j])
+      worst = max(worst, abs(fd - g) / max(abs(g), 1e-4))
+  return worst
