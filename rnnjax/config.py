@@ -123,6 +123,14 @@ CELLS: dict[str, CellSpec] = {
                  "lmu_hidden_to_memory": "hidden_to_memory",
                  "lmu_memory_to_memory": "memory_to_memory"}, model=True,
         units=lambda c: c.num_layers * (c.hidden_size + c.lmu_order)),
+    "plmu": CellSpec(
+        "rnnjax.lmu:parallel_from_config", "parallel LMU, Chilkuri and Eliasmith 2021: the "
+        "LMU's fixed linear memory (--lmu-order, --lmu-theta) under a ReLU layer of "
+        "--hidden-size units, no hidden recurrence; computed in parallel over time, "
+        "rnnjax.lmu", "parallel LMU", options={"lmu_order": "order", "lmu_theta": "theta"},
+        model=True,  # reading the last step, nothing per step but the input and its copy;
+        # every step, the FFT convolution's padded spectrum and the hidden layer
+        units=lambda c: 4 * c.hidden_size if c.readout == "mean" else 2),
 }
 
 
@@ -176,9 +184,9 @@ class Config:
       "lstm", "recurrent cell: " + ", ".join(f"{k} ({v.doc})" for k, v in CELLS.items()),
       group=MODEL, choices=tuple(CELLS))
   state_size: int = _field(64, "the lru's complex state per block", group=MODEL, low=1)
-  lmu_order: int = _field(256, "the lmu's memory: Legendre coefficients of its window",
+  lmu_order: int = _field(256, "the memory of lmu and plmu: Legendre coefficients of its window",
                           group=MODEL, low=1)
-  lmu_theta: float = _field(784.0, "the lmu's window, in time steps", group=MODEL, low=0,
+  lmu_theta: float = _field(784.0, "the window of lmu and plmu, in time steps", group=MODEL, low=0,
                             open_low=True)
   lmu_hidden_to_memory: bool = _field(
       False, "the lmu's hidden state feeds its memory (then the memory is scanned step by "
@@ -417,6 +425,9 @@ def validate(c: Config) -> list[str]:
                   f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
   spec = CELLS.get(c.cell)
   if spec is not None:
+    if c.cell == "plmu" and ok("num_layers") and c.num_layers != 1:
+      errors.append(f"the parallel LMU (cell plmu) is one layer, got num_layers "
+                    f"{c.num_layers}; leave it at 1")
     if spec.model and c.bidirectional is True:
       errors.append(f"bidirectional applies to the recurrent cells, not to {c.cell} (a model "
                     "of its own, whose blocks read the whole sequence at once); leave it off")

@@ -46,7 +46,8 @@ SOURCE = Path(__file__).with_name("csrc") / "rnn_cpu.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 _TARGETS = {"rnnjax_lstm_fwd": "RnnjaxLstmFwd", "rnnjax_lstm_infer": "RnnjaxLstmInfer",
             "rnnjax_lstm_bwd": "RnnjaxLstmBwd", "rnnjax_lem_fwd": "RnnjaxLemFwd",
-            "rnnjax_lem_infer": "RnnjaxLemInfer", "rnnjax_lem_bwd": "RnnjaxLemBwd"}
+            "rnnjax_lem_infer": "RnnjaxLemInfer", "rnnjax_lem_bwd": "RnnjaxLemBwd",
+            "rnnjax_tanh_fwd": "RnnjaxTanhFwd", "rnnjax_tanh_bwd": "RnnjaxTanhBwd"}
 
 
 GEMM_ENGINES = ("mkl", "onednn")  # the kernel's matmul engines, in the C++ enum's order

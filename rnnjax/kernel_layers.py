@@ -5,7 +5,8 @@ takes them as they are. `init` runs `nn.RNN`'s own scan, so parameters are creat
 as there; every other call is one kernel call forward and one backward (XLA FFI;
 `rnnjax.cpu_kernel` builds and loads the library on a layer's first call).
 `models.make_rnn` picks these classes where `models.resolve` says the kernel can run
-(`Config.rnn_kernel`).
+(`Config.rnn_kernel`). `tanh_recurrence` runs the LMU's hidden state once its memory is
+computed in parallel (`rnnjax.lmu`).
 
 Same parameters, same equations, float32. LSTM::
 
@@ -255,3 +256,33 @@ class KernelLEM(KernelRNN):
 
   def _run(self, x, carry, cell_params):
     return _lem_layer(float(self.cell.dt), x, *_lem_weights(cell_params), *carry)
+
+
+# The LMU's hidden recurrence
+
+@jax.custom_vjp
+def tanh_recurrence(drive, w, h0):
+  """`rnnjax.lmu.tanh_recurrence` on the CPU kernel: `h_t = tanh(drive_t + h_{t-1} @ w)` from
+  `h0 <f32>[B, H]` over time-major `drive <f32>[T, B, H]` -> every `h_t`, `<f32>[T, B, H]`.
+  Backward: one matmul per step for the cotangents, `w`'s gradient summed as it goes.
+
+  Needs `status()[0]` (`cpu_kernel.require()` loads the library)."""
+  return _tanh_fwd(drive, w, h0)[0]
+
+
+def _tanh_fwd(drive, w, h0):
+  t, batch, h = drive.shape
+  hs = jax.ffi.ffi_call("rnnjax_tanh_fwd", _shape(t + 1, batch, h),
+                        vmap_method="sequential")(drive, w, h0)
+  return hs[1:], (w, hs)
+
+
+def _tanh_bwd(res, d_hs):
+  w, hs = res
+  t, batch, h = d_hs.shape
+  return tuple(jax.ffi.ffi_call(
+      "rnnjax_tanh_bwd", (_shape(t, batch, h), _shape(h, h), _shape(batch, h)),
+      vmap_method="sequential")(w, hs, d_hs))
+
+
+tanh_recurrence.defvjp(_tanh_fwd, _tanh_bwd)

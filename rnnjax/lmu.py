@@ -24,8 +24,10 @@ the memory reads the input only, and all T memories are a convolution of the enc
 with the system's impulse response `H[k] = A_d^k B_d`. `LMUCell.sequence` then computes the
 hidden layer's memory term for every step at once (`W_m m_t = sum_k u_{t-k} (H W_m)[k]`, an
 FFT convolution) and runs only the hidden recurrence `h_t = tanh(p_t + W_h h_{t-1})` step
-by step, one small matmul per step. `LMULayer`, an `nn.RNN(LMUCell)`, uses it where it
-applies; the plain `nn.RNN` scan of the same cell is what it is tested against.
+by step, one small matmul per step: on rnnjax's CPU kernel where it runs (`kernel="cpu"`,
+`kernel_layers.tanh_recurrence`; `Config.rnn_kernel` decides, as for LSTM and LEM layers),
+else as a `lax.scan`. `LMULayer`, an `nn.RNN(LMUCell)`, uses it where it applies; the plain
+`nn.RNN` scan of the same cell is what it is tested against.
 
 The hidden state is a learned, nonlinear recurrence over every step (`W_h`); the memory is
 linear and fixed. `LMUClassifier` stacks LMU layers and reads out the last step (or the
@@ -149,6 +151,7 @@ class LMUCell(nn.RNNCellBase):
   memory_d: int = 1
   hidden_to_memory: bool = False
   memory_to_memory: bool = False
+  kernel: str = "xla"
 
   def setup(self):
     glorot, orthogonal = nn.initializers.glorot_uniform(), nn.initializers.orthogonal()
@@ -194,7 +197,12 @@ class LMUCell(nn.RNNCellBase):
               * response[None, :, None, :]).reshape(self.memory_d, steps, -1)
     drive = causal_convolution(u, self.memory(blocks)) + self.input(x)
     w_h = self.hidden(jnp.eye(self.features, dtype=x.dtype))  # W_h itself
-    hs = tanh_recurrence(jnp.swapaxes(drive, 0, 1), w_h,
+    recurrence = tanh_recurrence
+    if self.kernel == "cpu":
+      from rnnjax import cpu_kernel, kernel_layers
+      cpu_kernel.require()
+      recurrence = kernel_layers.tanh_recurrence
+    hs = recurrence(jnp.swapaxes(drive, 0, 1), w_h,
                          jnp.zeros((batch, self.features), x.dtype))
     m_last = jnp.einsum("btj,tk->bjk", u[:, ::-1], response).reshape(batch, -1)
     return (m_last, hs[-1]), jnp.swapaxes(hs, 0, 1)
@@ -255,6 +263,7 @@ class LMUClassifier(nn.Module):
   readout: str = "last"
   dropout: float = 0.0
   parallel: bool = True
+  kernel: str = "xla"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
@@ -263,12 +272,56 @@ class LMUClassifier(nn.Module):
     for k in range(self.num_layers):
       cell = LMUCell(self.hidden_size, self.order, self.theta,
                      hidden_to_memory=self.hidden_to_memory,
-                     memory_to_memory=self.memory_to_memory, parent=None)
+                     memory_to_memory=self.memory_to_memory, kernel=self.kernel,
+                     parent=None)
       x = LMULayer(cell, parallel=self.parallel, name=f"rnn_{k}")(x)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
                            all_steps)
+
+
+class ParallelLMU(nn.Module):
+  """The parallel LMU (Chilkuri and Eliasmith, ICML 2021, "Parallelizing Legendre Memory
+  Unit Training"): the LMU's memory without the hidden recurrence. Per step::
+
+      u_t = e_x x_t,   m_t = A_d m_{t-1} + B_d u_t,   o_t = relu(W_m m_t + b)
+
+  then `dropout` and a dense readout of the last step (or of the mean over time). The
+  memory is the only state carried across steps, and it is linear and fixed (A_d, B_d as
+  `LMUCell`'s); o_t reads m_t alone. So `m_t = sum_k H[k] u_{t-k}` (H the impulse
+  response): reading the last step, `m_T` is one matmul of the reversed sequence with H;
+  every step (`readout="mean"`, `all_steps`), one FFT convolution through W_m. Run step by
+  step, it is an RNN of state m with a feedforward output.
+
+  Parameters: `encoder_x/kernel <[F, 1]>` (ones), `memory/kernel <[order, H]>` (W_m, Glorot
+  uniform), `bias <[H]>` (zeros), `head/{kernel, bias}`. The paper's psMNIST model: order 468,
+  theta 784, 346 units, 165,745 parameters."""
+
+  hidden_size: int = 346
+  num_classes: int = 10
+  order: int = 468
+  theta: float = 784.0
+  readout: str = "last"
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, all_steps: bool = False,
+               train: bool = False) -> jax.Array:
+    steps = inputs.shape[1]
+    u = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.ones,
+                 name="encoder_x")(inputs)  # [B, T, 1]
+    response = jnp.asarray(impulse_response(self.order, self.theta, steps), inputs.dtype)
+    memory = nn.Dense(self.hidden_size, use_bias=False,
+                      kernel_init=nn.initializers.glorot_uniform(), name="memory")  # W_m
+    bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), inputs.dtype)
+    head = nn.Dense(self.num_classes, name="head")
+    dropout = nn.Dropout(self.dropout, deterministic=not train)
+    if self.readout == "last" and not all_steps:
+      m_last = u[:, ::-1, 0] @ response  # [B, order]
+      return head(dropout(nn.relu(memory(m_last) + bias)))
+    pre = causal_convolution(u, memory(response)[None]) + bias
+    return models.read_out(head, dropout(nn.relu(pre)), self.readout, all_steps)
 
 
 def from_config(config) -> LMUClassifier:
@@ -279,4 +332,12 @@ def from_config(config) -> LMUClassifier:
                        theta=config.lmu_theta,
                        hidden_to_memory=config.lmu_hidden_to_memory,
                        memory_to_memory=config.lmu_memory_to_memory, readout=config.readout,
-                       dropout=config.dropout)
+                       dropout=config.dropout,
+                       kernel="cpu" if models.resolve(config.rnn_kernel) == "cpu" else "xla")
+
+
+def parallel_from_config(config) -> ParallelLMU:
+  """The model a `Config` with `cell="plmu"` describes (`num_layers` 1)."""
+  return ParallelLMU(hidden_size=config.hidden_size, num_classes=config.num_classes,
+                     order=config.lmu_order, theta=config.lmu_theta, readout=config.readout,
+                     dropout=config.dropout)

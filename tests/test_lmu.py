@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import lmu, models, presets, resources, steps, train
+from rnnjax import cpu_kernel, kernel_layers, lmu, models, presets, resources, steps, train
 from tests.helpers import random_params, reference, worst_central_difference_error
 
 
@@ -168,6 +168,63 @@ def test_the_parallel_memory_matches_the_scan_in_float32_at_784_steps():
     assert rel_err(a, b) <= 1e-4
 
 
+AVAILABLE, WHY = cpu_kernel.status()
+needs_kernel = pytest.mark.skipif(not AVAILABLE, reason=f"CPU kernel unavailable: {WHY}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,steps_,hidden", [(1, 7, 3), (37, 50, 24), (100, 30, 212)])
+def test_the_kernels_hidden_recurrence_matches_the_scan_and_float64(batch, steps_, hidden):
+  """`kernel_layers.tanh_recurrence` (one row; a batch split unevenly over the threads; the
+  psMNIST model's width) against `lmu.tanh_recurrence`'s scan and a float64 NumPy loop:
+  every h_t and the gradients of drive, w and h0 for a random cotangent of every h_t."""
+  rng = np.random.default_rng(3)
+  drive = rng.normal(0, 0.7, (steps_, batch, hidden)).astype(np.float32)
+  w = rng.normal(0, 1 / np.sqrt(hidden), (hidden, hidden)).astype(np.float32)
+  h0 = rng.normal(0, 0.5, (batch, hidden)).astype(np.float32)
+  cotangent = rng.normal(0, 1, (steps_, batch, hidden)).astype(np.float32)
+  h, want = h0.astype(np.float64), []
+  for d in drive.astype(np.float64):
+    h = np.tanh(d + h @ w.astype(np.float64))
+    want.append(h)
+  got = jax.jit(kernel_layers.tanh_recurrence)(drive, w, h0)
+  assert rel_err(got, np.stack(want)) <= 2e-6
+
+  def grads(f):
+    return jax.jit(jax.grad(lambda *a: (f(*a) * cotangent).sum(), argnums=(0, 1, 2)))(
+        drive, w, h0)
+
+  for a, b in zip(grads(kernel_layers.tanh_recurrence), grads(lmu.tanh_recurrence)):
+    assert rel_err(a, b) <= 1e-5
+
+
+@needs_kernel
+def test_an_lmu_on_the_kernel_matches_the_scan():
+  """`kernel="cpu"` (the hidden recurrence on the CPU kernel, the memory in parallel) against
+  the plain scan of the same parameters: logits and gradients, at 300 steps."""
+  kw = dict(hidden_size=20, order=32, theta=300.0)
+  fast, scan = lmu.LMUClassifier(**kw, kernel="cpu"), lmu.LMUClassifier(**kw, parallel=False)
+  x = jax.random.uniform(jax.random.key(6), (19, 300, 1))
+  labels = jnp.arange(19) % 10
+  params = random_params(scan, x)
+
+  def loss(model):
+    return lambda p: steps.cross_entropy(model.apply({"params": p}, x), labels).mean()
+
+  assert rel_err(jax.jit(fast.apply)({"params": params}, x),
+                 jax.jit(scan.apply)({"params": params}, x)) <= 1e-5
+  g_fast, g_scan = (jax.jit(jax.grad(loss(m)))(params) for m in (fast, scan))
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_scan)):
+    assert rel_err(a, b) <= 1e-4
+
+
+def test_the_config_puts_the_lmus_hidden_recurrence_on_the_kernel_where_it_runs():
+  config = presets.get("tiny").replace(cell="lmu", task="pixels")
+  want = "cpu" if AVAILABLE else "xla"
+  assert models.model_from_config(config).kernel == want
+  assert models.model_from_config(config.replace(rnn_kernel="xla")).kernel == "xla"
+
+
 @pytest.mark.parametrize("hidden_to_memory", [False, True])  # the parallel form, the scan
 def test_gradients_match_central_differences(hidden_to_memory):
   with jax.enable_x64(True):
@@ -232,5 +289,78 @@ def test_an_lmu_trains_through_the_loop(tiny_splits, tmp_path):
   _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)
   assert [r["step"] for r in history] == [4, 8]
   assert np.isfinite(history[-1]["test_loss"]) and history[-1]["grad_norm"] > 0
-  with pytest.raises(ValueError, match="lmu_order applies to the LMU cell only"):
+  with pytest.raises(ValueError, match="lmu_order applies to the LMU and parallel LMU cells "
+                     "only"):
     presets.get("tiny").replace(lmu_order=8)
+  with pytest.raises(ValueError, match="lmu_hidden_to_memory applies to the LMU cell only"):
+    presets.get("tiny").replace(cell="plmu", lmu_hidden_to_memory=True)
+
+
+def test_a_parallel_lmu_trains_through_the_loop(tiny_splits, tmp_path):
+  config = presets.get("tiny").replace(cell="plmu", hidden_size=8, lmu_order=6,
+                                       lmu_theta=28.0, epochs=2, dropout=0.25)
+  model = models.model_from_config(config)
+  assert isinstance(model, lmu.ParallelLMU) and model.dropout == 0.25
+  _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)
+  assert [r["step"] for r in history] == [4, 8]
+  assert np.isfinite(history[-1]["test_loss"]) and history[-1]["grad_norm"] > 0
+  with pytest.raises(ValueError, match="the parallel LMU .* is one layer"):
+    config.replace(num_layers=2)
+
+
+# The parallel LMU
+
+@pytest.mark.parametrize("readout,all_steps", [("last", False), ("mean", False),
+                                               ("last", True)])
+def test_the_parallel_lmu_matches_float64_numpy(readout, all_steps):
+  """Its last-step path (one matmul with the impulse response) and its every-step path (an
+  FFT convolution) against a float64 loop over time of m' = A_d m + B_d u, relu(W_m m + b)."""
+  with jax.enable_x64(True):
+    model = lmu.ParallelLMU(hidden_size=7, order=6, theta=9.0, readout=readout)
+    x = jax.random.uniform(jax.random.key(7), (3, 15, 2), jnp.float64)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64),
+                          random_params(model, x, bias_scale=0.3))
+    got = model.apply({"params": params}, x, all_steps=all_steps)
+  o = reference.parallel_lmu(params, np.asarray(x), theta=9.0)
+  o = o if all_steps else (o[:, -1] if readout == "last" else o.mean(1))
+  want = o @ np.asarray(params["head"]["kernel"]) + np.asarray(params["head"]["bias"])
+  np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_parallel_lmu_at_784_steps_in_float32_matches_float64():
+  """psMNIST's length and window: float32 within rounding of the float64 loop, both paths."""
+  model = lmu.ParallelLMU(hidden_size=16, order=64)
+  x = jax.random.uniform(jax.random.key(8), (4, 784, 1))
+  params = random_params(model, x, bias_scale=0.3)
+  o = reference.parallel_lmu(params, np.asarray(x, np.float64), theta=784.0)
+  head = [np.asarray(params["head"][k], np.float64) for k in ("kernel", "bias")]
+  assert rel_err(jax.jit(model.apply)({"params": params}, x), o[:, -1] @ head[0] + head[1]) <= 1e-5
+  every = jax.jit(lambda p, x: model.apply(p, x, all_steps=True))({"params": params}, x)
+  assert rel_err(every, o @ head[0] + head[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_parallel_lmu_gradients_match_central_differences(readout):
+  with jax.enable_x64(True):
+    model = lmu.ParallelLMU(hidden_size=5, order=4, theta=6.0, readout=readout)
+    x = jax.random.uniform(jax.random.key(9), (3, 10, 2), jnp.float64)
+    labels = jnp.array([1, 7, 3])
+    params = jax.tree.map(lambda p: p.astype(jnp.float64),
+                          random_params(model, x, bias_scale=0.3))
+
+    def loss(p):
+      return steps.cross_entropy(model.apply({"params": p}, x), labels).mean()
+
+    worst = worst_central_difference_error(loss, params, h=1e-4)
+  assert worst <= 1e-7
+
+
+def test_parameters_of_the_parallel_lmus_psmnist_model():
+  """Order 468, theta 784, 346 units: 1 + 468 * 346 + 346 + 346 * 10 + 10 = 165,745, the
+  paper's 165k."""
+  config = presets.get("tiny").replace(cell="plmu", task="permuted", hidden_size=346,
+                                       lmu_order=468)
+  model = models.model_from_config(config)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 784, 1)))["params"]
+  assert sum(p.size for p in jax.tree.leaves(params)) == 165_745
+  assert resources.parameter_count(config) == 165_745

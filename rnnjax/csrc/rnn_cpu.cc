@@ -1,10 +1,10 @@
-// rnnjax's LSTM and LEM layers for XLA's CPU backend: forward, inference
-// and backward as XLA FFI handlers; matmuls by MKL's cblas_sgemm or oneDNN's dnnl_sgemm,
-// whichever runs this CPU's shapes faster (rnnjax_pick_gemm, timed once per build); tanh by
-// the rational approximation XLA's CPU backend uses (fast_tanh below). Built with
-// -DRNNJAX_ONEDNN where oneDNN is installed.
+// rnnjax's LSTM and LEM layers, and the LMU's hidden recurrence, for XLA's CPU backend:
+// forward, inference and backward as XLA FFI handlers; matmuls by MKL's cblas_sgemm or
+// oneDNN's dnnl_sgemm, whichever runs this CPU's shapes faster (rnnjax_pick_gemm, timed once
+// per build); tanh by the rational approximation XLA's CPU backend uses (fast_tanh below).
+// Built with -DRNNJAX_ONEDNN where oneDNN is installed.
 // Built and loaded by rnnjax/cpu_kernel.py; the Flax layers that call it, with the equations
-// and the layouts, are in rnnjax/kernel_layers.py.
+// and the layouts, are in rnnjax/kernel_layers.py and rnnjax/lmu.py.
 //
 // Time-major: x [T,B,F]; gates i, f, g, o (flax OptimizedLSTMCell's and PyTorch's order);
 // wi [F,4H], wh [H,4H], b [4H] are the four gates' kernels and biases side by side.
@@ -753,6 +753,79 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxLemBwd, LemBwd,
                                   .Attr<float>("dt")
                                   .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
                                   .Ret<Buf>().Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
+
+// ---------------------------------------------------------------------------------------
+// A tanh recurrence whose input term is precomputed for every step (rnnjax/lmu.py's
+// tanh_recurrence, the LMU's hidden state once its memory is computed in parallel):
+//   h_t = tanh(d_t + h_{t-1} w),   d [T,B,H], w [H,H], h_0 [B,H]
+// As above, threads split the batch rows; one matmul per step forward, and backward one for
+// the cotangent of h_{t-1} and one adding h_{t-1}^T dd_t to the thread's share of dw.
+
+// d, w, h0 -> hs [T+1,B,H] (hs[0] = h0): every h, all the backward pass needs.
+static ffi::Error TanhFwd(Buf d, Buf w, Buf h0, Out hs, ffi::ThreadPool pool) {
+  UsePool use(pool);
+  const int64_t T = d.dimensions()[0], B = d.dimensions()[1], H = d.dimensions()[2];
+  float* HS = hs->typed_data();
+  std::memcpy(HS, h0.typed_data(), B * H * sizeof(float));
+  parallel(B, kMinRows, [&](int64_t lo, int64_t hi) {
+    const int64_t n = hi - lo;
+    StepMatmul step(n, H, H, w.typed_data(), true);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t row = t * B + lo;
+      float* hn = HS + (row + B) * H;
+      std::memcpy(hn, d.typed_data() + row * H, n * H * sizeof(float));
+      step(HS + row * H, hn);
+      tanh_n(n * H, hn, hn);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// w, hs (TanhFwd's), dhs [T,B,H] (cotangent of hs[1:]) -> dd [T,B,H], dw [H,H], dh0 [B,H].
+static ffi::Error TanhBwd(Buf w, Buf hs, Buf dhs, Out dd, Out dw, Out dh0,
+                          ffi::ThreadPool pool) {
+  UsePool use(pool);
+  const int64_t T = dhs.dimensions()[0], B = dhs.dimensions()[1], H = dhs.dimensions()[2];
+  const float* HS = hs.typed_data();
+  std::vector<float> wt(H * H);
+  transpose(H, H, w.typed_data(), wt.data());
+  float* G = dh0->typed_data();  // the cotangent of h_t, carried backwards
+  std::memset(G, 0, B * H * sizeof(float));
+  const int parts = parts_of(B, kMinRows);
+  std::vector<std::vector<float>> shares(parts);
+  parallel_parts(B, kMinRows, [&](int part, int64_t lo, int64_t hi) {
+    const int64_t n = hi - lo;
+    std::vector<float>& share = shares[part];
+    share.assign(H * H, 0.f);
+    float* g = G + lo * H;
+    StepMatmul back(n, H, H, wt.data(), false);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t row = t * B + lo;
+      const float* h = HS + (row + B) * H;
+      const float* dh = dhs.typed_data() + row * H;
+      float* ddt = dd->typed_data() + row * H;
+      for (int64_t k = 0; k < n * H; ++k) ddt[k] = (dh[k] + g[k]) * (1.f - h[k] * h[k]);
+      back(ddt, g);
+      sgemm(true, false, H, H, n, HS + row * H, H, ddt, H, 1.f, share.data(), H);
+    }
+  });
+  for (int k = 1; k < parts; ++k)
+    for (int64_t e = 0; e < H * H; ++e) shares[0][e] += shares[k][e];
+  std::memcpy(dw->typed_data(), shares[0].data(), H * H * sizeof(float));
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxTanhFwd, TanhFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Ret<Buf>()
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RnnjaxTanhBwd, TanhBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<Buf>().Arg<Buf>().Arg<Buf>()
+                                  .Ret<Buf>().Ret<Buf>().Ret<Buf>()
                                   .Ctx<ffi::ThreadPool>());
 
 // Threads per call (the cores this process may use), and MKL without its own threads.

@@ -249,3 +249,18 @@ def lmu_layer(cell, x, theta, hidden_to_memory=False, memory_to_memory=False):
                 + p["input"]["bias"] + h @ p["hidden"]["kernel"])
     outputs.append(h)
   return np.stack(outputs, 1)
+
+
+def parallel_lmu(params, x, theta):
+  """The parallel LMU, a plain loop over time: u = e_x x, m' = A_d m + B_d u, then
+  o = relu(W_m m + b) at every step; returns every o, [batch, time, H]."""
+  p = _f64({k: v for k, v in params.items() if k != "bias"})
+  p["bias"] = np.asarray(params["bias"], np.float64)
+  order = p["memory"]["kernel"].shape[0]
+  ad, bd = lmu_zoh(order, theta)
+  m = np.zeros((x.shape[0], order))
+  outputs = []
+  for t in range(x.shape[1]):
+    m = m @ ad.T + (x[:, t] @ p["encoder_x"]["kernel"]) * bd
+    outputs.append(np.maximum(m @ p["memory"]["kernel"] + p["bias"], 0.0))
+  return np.stack(outputs, 1)
