@@ -30,8 +30,8 @@ Settings: `tutorial` (train, batch 100, hidden 256, 28 rows of 28 pixels), `smal
 batch 128, hidden 128), `eval256` and `eval128` (evaluation at batch 1000), `seq` (train,
 sequential MNIST: 784 steps of 1 pixel, hidden 128, batch 100), and `seq_gru`, `seq_lem`,
 `seq_cornn`, `seq_lru`: each other cell at `seq`'s setting (the LRU: one block, 64 complex
-states), and `seq_lmu` (keras-lmu's psMNIST model: 212 hidden units, memory of order 256),
-against PyTorch's nn.LSTM there. The default is the five LSTM settings. PyTorch
+states), `seq_lmu` (keras-lmu's psMNIST model: 212 hidden units, memory of order 256) and
+`seq_plmu` (the parallel LMU's: 346 units, order 468), against PyTorch's nn.LSTM there. The default is the five LSTM settings. PyTorch
 runs with denormals flushed to zero (`torch.set_flush_denormal(True)`), as XLA's CPU code does.
 
 `--allocator` sets GLIBC_TUNABLES for the measured processes of both frameworks alike:
@@ -79,10 +79,12 @@ SETTINGS = {
     "seq_lru": ("train", 100, 128, 784, 1, "lru"),
     # keras-lmu's psMNIST model: 212 hidden units over a memory of order 256, window 784.
     "seq_lmu": ("train", 100, 212, 784, 1, "lmu"),
+    # The parallel LMU's psMNIST model: 346 ReLU units over a memory of order 468.
+    "seq_plmu": ("train", 100, 346, 784, 1, "plmu"),
 }
 
 CLASSES = 10
-LMU_ORDER = 256  # the LMU's memory in `seq_lmu` (its Config default)
+LMU_ORDER = {"lmu": 256, "plmu": 468}  # the memory's order in `seq_lmu` and `seq_plmu`
 KERNEL_ENV = "RNNJAX_BENCH_RNN_KERNEL"  # --rnn-kernel, as the measured processes see it
 
 
@@ -92,13 +94,19 @@ def flops_per_image(mode: str, hidden: int, steps: int, features: int,
   step the input and recurrent matmuls (LSTM: x@W (F x 4H) and h@U (H x 4H); the LRU: B u
   and C x in complex arithmetic, 4 real matmuls of H x N, and its gated linear unit, H x
   2H; the LMU, as its step-by-step equations read: the memory's update, d x d, and W_m m,
-  W_x x, W_h h, although its parallel form does less), then the readout; a training step
-  adds a backward pass of twice the forward."""
+  W_x x, W_h h, although its parallel form does less; the parallel LMU, as it computes the
+  last step: the memory as the sequence times the impulse response, T x d, then W_m), then
+  the readout; a training step adds a backward pass of twice the forward."""
   f, h = features, hidden
+  if cell == "plmu":
+    d = LMU_ORDER[cell]
+    forward = 2 * f * steps * d + 2 * d * h + 2 * hidden * CLASSES
+    return 3 * forward if mode == "train" else forward
+  d = LMU_ORDER["lmu"]
   per_step = {"lstm": 2 * (f + h) * 4 * h, "gru": 2 * (f + h) * 3 * h,
               "lem": 2 * (4 * f * h + 4 * h * h), "cornn": 2 * (f * h + 2 * h * h),
               "lru": 2 * f * h + 8 * h * state + 2 * 2 * h * h,
-              "lmu": 2 * (f + LMU_ORDER * (LMU_ORDER + h) + f * h + h * h)}[cell]
+              "lmu": 2 * (f + d * (d + h) + f * h + h * h)}[cell]
   forward = steps * per_step + 2 * hidden * CLASSES
   return 3 * forward if mode == "train" else forward
 
@@ -113,6 +121,8 @@ def bench_jax(name: str) -> Prepared:
   cfg = presets.get("tutorial").replace(
       hidden_size=hidden, batch_size=batch, cell=cell,
       rnn_kernel=os.environ.get(KERNEL_ENV, "auto"))
+  if cell in LMU_ORDER:
+    cfg = cfg.replace(lmu_order=LMU_ORDER[cell])
   model = models.model_from_config(cfg)
   per_call = cfg.steps_per_call if mode == "train" else 1  # as the training loop calls it
   rng = np.random.default_rng(0)
@@ -214,22 +224,31 @@ def bench_torch(name: str) -> Prepared:
 
 
 def bench_keras(name: str) -> Prepared:
-  """keras-lmu's psMNIST example model at the setting's shape: `RNN(LMUCell(memory_d=1,
-  order=LMU_ORDER, theta=T, hidden_cell=SimpleRNNCell(H), hidden_to_memory=False,
-  memory_to_memory=False, input_to_hidden=True, kernel_initializer="ones"))`, `Dense(10)`,
-  Adam, one `train_on_batch` per call (its notebook's `fit` runs the same step)."""
+  """keras-lmu's model of the setting's shape. `seq_lmu`: its psMNIST example,
+  `RNN(LMUCell(memory_d=1, order=256, theta=T, hidden_cell=SimpleRNNCell(H),
+  hidden_to_memory=False, memory_to_memory=False, input_to_hidden=True,
+  kernel_initializer="ones"))`; `seq_plmu`: the parallel LMU, `LMUFeedforward(memory_d=1,
+  order=468, theta=T, hidden_cell=Dense(H, relu), return_sequences=False)` (its memory by
+  FFT); then `Dense(10)`, Adam, one `train_on_batch` per call (its notebook's `fit` runs
+  the same step)."""
   import numpy as np
   import tensorflow as tf
   import keras_lmu
 
-  mode, batch, hidden, t_steps, features, _ = SETTINGS[name]
+  mode, batch, hidden, t_steps, features, cell = SETTINGS[name]
   tf.random.set_seed(0)
-  cell = keras_lmu.LMUCell(memory_d=1, order=LMU_ORDER, theta=t_steps,
-                           hidden_cell=tf.keras.layers.SimpleRNNCell(hidden),
-                           hidden_to_memory=False, memory_to_memory=False,
-                           input_to_hidden=True, kernel_initializer="ones")
+  if cell == "plmu":
+    layer = keras_lmu.LMUFeedforward(
+        memory_d=1, order=LMU_ORDER[cell], theta=t_steps,
+        hidden_cell=tf.keras.layers.Dense(hidden, activation="relu"),
+        return_sequences=False)
+  else:
+    layer = tf.keras.layers.RNN(keras_lmu.LMUCell(
+        memory_d=1, order=LMU_ORDER["lmu"], theta=t_steps,
+        hidden_cell=tf.keras.layers.SimpleRNNCell(hidden), hidden_to_memory=False,
+        memory_to_memory=False, input_to_hidden=True, kernel_initializer="ones"))
   inputs = tf.keras.Input((t_steps, features))
-  outputs = tf.keras.layers.Dense(CLASSES)(tf.keras.layers.RNN(cell)(inputs))
+  outputs = tf.keras.layers.Dense(CLASSES)(layer(inputs))
   model = tf.keras.Model(inputs, outputs)
   model.compile(optimizer="adam",
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -41,7 +41,7 @@ RNN_KERNELS = ("auto", "cpu", "cudnn", "xla")
 # Fields renamed since a stored config (configs.jsonl, a checkpoint's record, summary.json)
 # may have been written: old name -> new name, read by `Config.from_dict`.
 RENAMED_FIELDS = {"lstm_kernel": "rnn_kernel"}
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")
 # 28 x 28 grayscale, 10 classes, 60,000 + 10,000 images, the four IDX files of MNIST's format.
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
@@ -125,12 +125,12 @@ CELLS: dict[str, CellSpec] = {
         units=lambda c: c.num_layers * (c.hidden_size + c.lmu_order)),
     "plmu": CellSpec(
         "rnnjax.lmu:parallel_from_config", "parallel LMU, Chilkuri and Eliasmith 2021: the "
-        "LMU's fixed linear memory (--lmu-order, --lmu-theta) under a ReLU layer of "
-        "--hidden-size units, no hidden recurrence; computed in parallel over time, "
+        "LMU's fixed linear memory (--lmu-order, --lmu-theta) under --num-layers ReLU layers "
+        "of --hidden-size units, no hidden recurrence; computed in parallel over time, "
         "rnnjax.lmu", "parallel LMU", options={"lmu_order": "order", "lmu_theta": "theta"},
         model=True,  # reading the last step, nothing per step but the input and its copy;
-        # every step, the FFT convolution's padded spectrum and the hidden layer
-        units=lambda c: 4 * c.hidden_size if c.readout == "mean" else 2),
+        # every step, the FFT convolution's padded spectrum and the hidden layers
+        units=lambda c: (3 + c.num_layers) * c.hidden_size if c.readout == "mean" else 2),
 }
 
 
@@ -239,13 +239,16 @@ class Config:
   learning_rate: float = _field(1e-3, "peak learning rate", group=TRAINING, low=0,
                                 open_low=True)
   schedule: str = _field(
-      "constant", "constant, or cosine (linear warm-up, then cosine decay to "
-      "--final-lr-fraction of the peak at the last step)", group=TRAINING, choices=SCHEDULES)
+      "constant", "constant; cosine (linear warm-up, then cosine decay to "
+      "--final-lr-fraction of the peak at the last step); or step (the peak, then "
+      "--final-lr-fraction of it from --lr-drop-epoch on)", group=TRAINING, choices=SCHEDULES)
   warmup_epochs: float = _field(0.0, "linear warm-up, in epochs (cosine only; may be "
                                 "fractional)", group=TRAINING, low=0)
   final_lr_fraction: float = _field(
-      0.0, "end of the cosine decay, as a fraction of --learning-rate", group=TRAINING,
-      low=0, high=1)
+      0.0, "end of the cosine decay, or the step schedule's drop, as a fraction of "
+      "--learning-rate", group=TRAINING, low=0, high=1)
+  lr_drop_epoch: float = _field(
+      0.0, "the step schedule's drop, in epochs (step only)", group=TRAINING, low=0)
   grad_clip_norm: float = _field(0.0, "clip gradients to this global norm (0: off)",
                                  group=TRAINING, low=0)
   weight_decay: float = _field(0.0, "decoupled weight decay (optimizer adamw only)",
@@ -420,14 +423,17 @@ def validate(c: Config) -> list[str]:
   if ok("warmup_epochs", "epochs") and c.schedule == "cosine" and c.warmup_epochs > c.epochs:
     errors.append(f"warmup_epochs {c.warmup_epochs} is longer than the run ({c.epochs} "
                   "epochs)")
+  if ok("lr_drop_epoch") and c.schedule == "step" and not 0 < c.lr_drop_epoch:
+    errors.append("schedule 'step' drops the learning rate at --lr-drop-epoch; give it (> 0), "
+                  "or choose constant or cosine")
+  if ok("lr_drop_epoch") and c.schedule != "step" and c.lr_drop_epoch:
+    errors.append(f"lr_drop_epoch is used by schedule 'step' only (schedule is "
+                  f"{c.schedule!r}); choose step or leave lr_drop_epoch at 0")
   if ok("weight_decay") and c.weight_decay > 0 and c.optimizer != "adamw":
     errors.append(f"weight_decay is used by optimizer 'adamw' only (optimizer is "
                   f"{c.optimizer!r}); choose adamw or leave weight_decay at 0")
   spec = CELLS.get(c.cell)
   if spec is not None:
-    if c.cell == "plmu" and ok("num_layers") and c.num_layers != 1:
-      errors.append(f"the parallel LMU (cell plmu) is one layer, got num_layers "
-                    f"{c.num_layers}; leave it at 1")
     if spec.model and c.bidirectional is True:
       errors.append(f"bidirectional applies to the recurrent cells, not to {c.cell} (a model "
                     "of its own, whose blocks read the whole sequence at once); leave it off")

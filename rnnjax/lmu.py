@@ -287,7 +287,9 @@ class ParallelLMU(nn.Module):
 
       u_t = e_x x_t,   m_t = A_d m_{t-1} + B_d u_t,   o_t = relu(W_m m_t + b)
 
-  then `dropout` and a dense readout of the last step (or of the mean over time). The
+  then `dropout`, `num_layers - 1` more ReLU layers of the same width over o_t (each with
+  dropout; the paper has none), and a dense readout of the last step (or of the mean over
+  time). The
   memory is the only state carried across steps, and it is linear and fixed (A_d, B_d as
   `LMUCell`'s); o_t reads m_t alone. So `m_t = sum_k H[k] u_{t-k}` (H the impulse
   response): reading the last step, `m_T` is one matmul of the reversed sequence with H;
@@ -295,10 +297,12 @@ class ParallelLMU(nn.Module):
   step, it is an RNN of state m with a feedforward output.
 
   Parameters: `encoder_x/kernel <[F, 1]>` (ones), `memory/kernel <[order, H]>` (W_m, Glorot
-  uniform), `bias <[H]>` (zeros), `head/{kernel, bias}`. The paper's psMNIST model: order 468,
-  theta 784, 346 units, 165,745 parameters."""
+  uniform), `bias <[H]>` (zeros), `hidden_{k}/{kernel, bias}` (k = 1 .. num_layers - 1),
+  `head/{kernel, bias}`. The paper's psMNIST model: order 468, theta 784, 346 units, one
+  layer, 165,745 parameters."""
 
   hidden_size: int = 346
+  num_layers: int = 1
   num_classes: int = 10
   order: int = 468
   theta: float = 784.0
@@ -317,11 +321,17 @@ class ParallelLMU(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), inputs.dtype)
     head = nn.Dense(self.num_classes, name="head")
     dropout = nn.Dropout(self.dropout, deterministic=not train)
+    def layers(pre):
+      o = dropout(nn.relu(pre))
+      for k in range(1, self.num_layers):
+        o = dropout(nn.relu(nn.Dense(self.hidden_size, name=f"hidden_{k}")(o)))
+      return o
+
     if self.readout == "last" and not all_steps:
       m_last = u[:, ::-1, 0] @ response  # [B, order]
-      return head(dropout(nn.relu(memory(m_last) + bias)))
+      return head(layers(memory(m_last) + bias))
     pre = causal_convolution(u, memory(response)[None]) + bias
-    return models.read_out(head, dropout(nn.relu(pre)), self.readout, all_steps)
+    return models.read_out(head, layers(pre), self.readout, all_steps)
 
 
 def from_config(config) -> LMUClassifier:
@@ -337,7 +347,8 @@ def from_config(config) -> LMUClassifier:
 
 
 def parallel_from_config(config) -> ParallelLMU:
-  """The model a `Config` with `cell="plmu"` describes (`num_layers` 1)."""
-  return ParallelLMU(hidden_size=config.hidden_size, num_classes=config.num_classes,
+  """The model a `Config` with `cell="plmu"` describes (`num_layers` ReLU layers)."""
+  return ParallelLMU(hidden_size=config.hidden_size, num_layers=config.num_layers,
+                     num_classes=config.num_classes,
                      order=config.lmu_order, theta=config.lmu_theta, readout=config.readout,
                      dropout=config.dropout)

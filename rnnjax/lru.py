@@ -1,5 +1,5 @@
 """The Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks
-for Long Sequences") and a small deep model of it, computed in parallel over time.
+for Long Sequences") and a small deep model of it.
 
 One LRU layer, input `u_t <[H]>`, complex state `x_t <[N]>`::
 
@@ -7,11 +7,14 @@ One LRU layer, input `u_t <[H]>`, complex state `x_t <[N]>`::
     x_t = lambda * x_{t-1} + exp(gamma) * (B u_t)          (elementwise in N; x_0 = 0)
     y_t = Re(C x_t) + D * u_t
 
-The recurrence is linear, so all T states come from `jax.lax.associative_scan` with the
-operator `(a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2)` in O(log T) parallel depth instead of
-T sequential steps (`lru_states`; `lru_states_sequential` is the plain loop it is tested
-against). `gamma = log sqrt(1 - |lambda|^2)` normalises the input so that every state
-keeps unit variance at initialisation.
+The recurrence is linear, so its input `B u_t` and its readout `C x_t` are matmuls over all
+steps at once, outside it, in real arithmetic (XLA's CPU backend runs complex matmuls at a
+fraction of the real rate). What remains step by step is `x_t = lambda x_{t-1} + b_t`, a
+few element-wise operations per step (`linear_recurrence`): a plain `lax.scan` on a CPU, or
+`jax.lax.associative_scan` with `(a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2)` in O(log T)
+parallel depth elsewhere; both are tested against the complex loop
+(`lru_states_sequential`). `gamma = log sqrt(1 - |lambda|^2)` normalises the input so that
+every state keeps unit variance at initialisation.
 
 `LRUClassifier`: a dense encoder to `d_model` features, `num_blocks` residual blocks (layer
 norm, LRU, GELU, a gated linear unit, dropout, residual connection), the mean over time,
@@ -62,24 +65,62 @@ def _normal(scale: float):
   return init
 
 
+RECURRENCES = ("auto", "sequential", "associative")
+
+
 def _combine(left, right):
-  """The associative operator of `x_t = a_t x_{t-1} + b_t` over the time axis (1)."""
-  a1, b1 = left
-  a2, b2 = right
-  return a2 * a1, a2 * b1 + b2
+  """The associative operator of `x_t = a_t x_{t-1} + b_t` over the time axis (0), complex
+  numbers as (real, imaginary) pairs: `(a1, b1) . (a2, b2) = (a2 a1, a2 b1 + b2)`."""
+  a1r, a1i, b1r, b1i = left
+  a2r, a2i, b2r, b2i = right
+  return (a2r * a1r - a2i * a1i, a2r * a1i + a2i * a1r,
+          a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
 
 
-def lru_states(lam: jax.Array, bu: jax.Array) -> jax.Array:
-  """All states of `x_t = lam * x_{t-1} + bu_t` from `x_0 = 0`, in parallel over time:
-  `lam <complex[N]>`, `bu <complex[batch, T, N]>` -> `<complex[batch, T, N]>`."""
-  a = jnp.broadcast_to(lam, bu.shape)
-  _, states = jax.lax.associative_scan(_combine, (a, bu), axis=1)
-  return states
+def linear_recurrence(lam_re, lam_im, b, method: str = "auto"):
+  """Every state of `x_t = lam * x_{t-1} + b_t` from `x_0 = 0`, in real arithmetic, complex
+  numbers as their real parts then their imaginary parts: `lam = lam_re + i lam_im <[N]>`,
+  time-major `b <[T, B, 2N]>` -> `x <[T, B, 2N]>` (`x[..., :N]` real, `x[..., N:]`
+  imaginary). That layout lets one matmul make every `b` and one read every `x`.
+
+  `method`: `sequential`, a `lax.scan` of T steps, each a few element-wise operations on
+  `[B, 2N]`; `associative`, `lax.associative_scan` (log T parallel depth, but each level
+  reads and writes the whole sequence); `auto`, the sequential scan on a CPU, where it was
+  measured faster (docs/performance.md), and the associative scan elsewhere."""
+  if method not in RECURRENCES:
+    raise ValueError(f"method must be one of {RECURRENCES}, got {method!r}")
+  if method == "auto":
+    method = "sequential" if jax.default_backend() == "cpu" else "associative"
+  n = lam_re.shape[-1]
+  if method == "associative":
+    shape = b[..., :n].shape
+    a = (jnp.broadcast_to(lam_re, shape), jnp.broadcast_to(lam_im, shape))
+    x_re, x_im = jax.lax.associative_scan(_combine, (*a, b[..., :n], b[..., n:]), axis=0)[2:]
+    return jnp.concatenate([x_re, x_im], axis=-1)
+  # [x_re | x_im] -> [lam_re x_re - lam_im x_im | lam_re x_im + lam_im x_re]: the state
+  # times (lam_re | lam_re), plus its halves swapped times (-lam_im | lam_im).
+  same = jnp.concatenate([lam_re, lam_re])
+  swapped = jnp.concatenate([-lam_im, lam_im])
+
+  def step(x, b_t):
+    x = same * x + swapped * jnp.roll(x, n, axis=-1) + b_t
+    return x, x
+
+  return jax.lax.scan(step, jnp.zeros_like(b[0]), b)[1]
+
+
+def lru_states(lam: jax.Array, bu: jax.Array, method: str = "auto") -> jax.Array:
+  """`linear_recurrence` in complex numbers, batch-major: `lam <complex[N]>`, `bu
+  <complex[batch, T, N]>` -> every state `<complex[batch, T, N]>`."""
+  b = jnp.swapaxes(bu, 0, 1)
+  n = lam.shape[-1]
+  x = linear_recurrence(lam.real, lam.imag, jnp.concatenate([b.real, b.imag], -1), method)
+  return jnp.swapaxes(x[..., :n] + 1j * x[..., n:], 0, 1)
 
 
 def lru_states_sequential(lam: jax.Array, bu: jax.Array) -> jax.Array:
-  """The same states as `lru_states`, one step at a time (the reference it is tested
-  against)."""
+  """The same states as `lru_states`, one complex step at a time (the reference it is
+  tested against)."""
   def step(x, b):
     x = lam * x + b
     return x, x
@@ -88,13 +129,16 @@ def lru_states_sequential(lam: jax.Array, bu: jax.Array) -> jax.Array:
 
 
 class LRU(nn.Module):
-  """One LRU layer over `u <[batch, T, H]>` -> `<[batch, T, H]>` (see the module docstring)."""
+  """One LRU layer over time-major `u <[T, batch, H]>` -> `<[T, batch, H]>` (see the module
+  docstring), in real arithmetic: `B u` as one real matmul over all steps at once (to the
+  real and imaginary parts side by side), the recurrence by `linear_recurrence(method=
+  recurrence)`, `Re(C x) = C_re x_re - C_im x_im` as one more."""
 
   state_size: int
   r_min: float = 0.9
   r_max: float = 0.999
   max_phase: float = 2 * math.pi
-  parallel: bool = True  # False: the sequential loop (the same numbers, for checking)
+  recurrence: str = "auto"
 
   @nn.compact
   def __call__(self, u: jax.Array) -> jax.Array:
@@ -110,12 +154,13 @@ class LRU(nn.Module):
     c_re = self.param("C_re", _normal(1 / math.sqrt(n)), (h, n))
     c_im = self.param("C_im", _normal(1 / math.sqrt(n)), (h, n))
     d = self.param("D", _normal(1.0), (h,))
-    lam = jnp.exp(-jnp.exp(nu_log) + 1j * jnp.exp(theta_log))
-    b = (b_re + 1j * b_im) * jnp.exp(gamma_log)[:, None]
-    bu = jnp.einsum("btf,nf->btn", u.astype(b.dtype), b)
-    states = (lru_states if self.parallel else lru_states_sequential)(lam, bu)
-    c = c_re + 1j * c_im
-    return jnp.einsum("btn,fn->btf", states, c).real.astype(u.dtype) + d * u
+    phase = jnp.exp(theta_log)
+    gamma = jnp.exp(gamma_log)[:, None]
+    w_in = jnp.concatenate([b_re * gamma, b_im * gamma]).T  # [H, 2N]: b_t = u_t @ w_in
+    w_out = jnp.concatenate([c_re, -c_im], axis=1).T  # [2N, H]: Re(C x_t) = x_t @ w_out
+    x = linear_recurrence(lam_abs * jnp.cos(phase), lam_abs * jnp.sin(phase), u @ w_in,
+                          self.recurrence)
+    return x @ w_out + d * u
 
 
 class LRUBlock(nn.Module):
@@ -123,12 +168,13 @@ class LRUBlock(nn.Module):
 
   state_size: int
   dropout: float = 0.0
-  parallel: bool = True
+  recurrence: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     h = x.shape[-1]
-    y = LRU(self.state_size, parallel=self.parallel, name="lru")(nn.LayerNorm(name="norm")(x))
+    y = LRU(self.state_size, recurrence=self.recurrence,
+            name="lru")(nn.LayerNorm(name="norm")(x))
     y = nn.gelu(y)
     value, gate = jnp.split(nn.Dense(2 * h, name="out")(y), 2, axis=-1)
     y = value * nn.sigmoid(gate)
@@ -150,16 +196,19 @@ class LRUClassifier(nn.Module):
   num_classes: int = 10
   dropout: float = 0.0
   readout: str = "mean"
-  parallel: bool = True
+  recurrence: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
                train: bool = False) -> jax.Array:
-    x = nn.Dense(self.d_model, name="encoder")(inputs)
+    # Time-major inside, so that each step of the recurrence reads and writes contiguous
+    # [batch, 2N] slices; the dense layers act on every step alike.
+    x = nn.Dense(self.d_model, name="encoder")(jnp.swapaxes(inputs, 0, 1))
     for k in range(self.num_blocks):
-      x = LRUBlock(self.state_size, self.dropout, self.parallel, name=f"block_{k}")(x, train)
+      x = LRUBlock(self.state_size, self.dropout, self.recurrence,
+                   name=f"block_{k}")(x, train)
     return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
-                           all_steps)
+                           all_steps, time_axis=0)
 
 
 def from_config(config) -> LRUClassifier:

@@ -212,16 +212,24 @@ class SequenceClassifier(nn.Module):
     return read_out(head, x, self.readout, all_steps)
 
 
-def read_out(head: nn.Module, x: jnp.ndarray, readout: str, all_steps: bool) -> jnp.ndarray:
-  """`head` applied to the layers' outputs `x <[batch, time, H]>`: to the last step
-  (`readout="last"`) or to the mean over time (`"mean"`); with `all_steps`, after every step
-  (the output at t, or the mean of the outputs up to t), `<[batch, time, C]>`."""
+def read_out(head: nn.Module, x: jnp.ndarray, readout: str, all_steps: bool,
+             time_axis: int = 1) -> jnp.ndarray:
+  """`head` applied to the layers' outputs `x <[batch, time, H]>` (`<[time, batch, H]>` with
+  `time_axis=0`): to the last step (`readout="last"`) or to the mean over time (`"mean"`);
+  with `all_steps`, after every step (the output at t, or the mean of the outputs up to t),
+  `<[batch, time, C]>`."""
   if readout == "mean":
-    if all_steps:
-      t = jnp.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]
-      return head(jnp.cumsum(x, axis=1) / t)
-    return head(jnp.mean(x, axis=1))
-  return head(x) if all_steps else head(x[:, -1])
+    if not all_steps:
+      return head(jnp.mean(x, axis=time_axis))
+    shape = [1] * x.ndim
+    shape[time_axis] = x.shape[time_axis]
+    t = jnp.arange(1, x.shape[time_axis] + 1, dtype=x.dtype).reshape(shape)
+    y = head(jnp.cumsum(x, axis=time_axis) / t)
+  elif not all_steps:
+    return head(jnp.take(x, -1, axis=time_axis))
+  else:
+    y = head(x)
+  return jnp.moveaxis(y, time_axis, 1)
 
 
 def zero_carry(x: jnp.ndarray, cell: nn.RNNCellBase):

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 RECORDS = REPO / "docs" / "results"
 PAGE = REPO / "docs" / "results.md"
 README = REPO / "README.md"
-HEADLINE = ("tutorial", "default", "smnist", "psmnist")  # the README's rows, in its order
+HEADLINE = ("tutorial", "default", "smnist", "psmnist", "smnist_lem",
+            "psmnist_lem")  # the README's rows, in its order
 README_BEGIN, README_END = "<!-- results: generated -->", "<!-- /results -->"
 
 
@@ -256,7 +257,46 @@ def page(summaries: list[dict[str, Any]]) -> str:
       "Minutes are the whole command, across resumes. A record whose `source` says it was\n"
       "transcribed comes from a run reported before runs wrote summaries; its missing\n"
       "fields are empty. How the numbers were reached: [lab/](lab/).\n\n")
-  return head + markdown(rows(summaries))
+  anchors = (
+      "\n## Long sequences against the field\n\n"
+      "Published test accuracies on sequential and permuted sequential MNIST (784 steps of one\n"
+      "pixel; [anchors.json](anchors.json)), then rnnjax's runs on the same tasks from the\n"
+      "table above. A row's model says what carries state across the 784 steps\n"
+      "([models_and_tasks.md](models_and_tasks.md)): the parallel LMU's only state is a fixed\n"
+      "linear memory; LEM's is a learned nonlinear recurrence.\n\n")
+  return head + markdown(rows(summaries)) + anchors + anchors_table(summaries)
+
+
+ANCHORS = REPO / "docs" / "anchors.json"  # the field's published long-sequence numbers
+ANCHOR_COLUMNS = ("model", "sMNIST %", "psMNIST %", "parameters", "budget", "source")
+
+
+def anchors_table(summaries: list[dict[str, Any]]) -> str:
+  """The field's published sMNIST and psMNIST accuracies (docs/anchors.json), then each
+  rnnjax preset run on those tasks: test accuracy at the best-validation checkpoint over
+  all its runs, mean (min-max)."""
+  import json
+  from rnnjax import resources
+  from rnnjax.config import Config
+  table = [{"model": a["model"], "sMNIST %": a.get("smnist", ""),
+            "psMNIST %": a.get("psmnist", ""), "parameters": a["parameters"],
+            "budget": a["budget"], "source": a["source"]}
+           for a in json.loads(ANCHORS.read_text())]
+  tasks = {"pixels": "sMNIST %", "permuted": "psMNIST %"}
+  for row in rows(summaries, by_machine=False):
+    runs = [s for s in summaries if s["preset"] == row["preset"]]
+    config = Config.from_dict(runs[0]["config"])
+    if config.task not in tasks:
+      continue
+    what = {"plmu": "parallel LMU", "lmu": "LMU"}.get(config.cell, config.cell.upper())
+    table.append({
+        "model": f"rnnjax `{row['preset']}`: {what} {config.hidden_size}",
+        "sMNIST %": "", "psMNIST %": "", tasks[config.task]:
+        row["test accuracy % at best validation"],
+        "parameters": f"{resources.parameter_count(config):,}",
+        "budget": f"{config.epochs} epochs, {row['minutes'] or '?'} min on 2 CPU cores",
+        "source": f"docs/results/ (seeds {row['seeds']}; {row['hardware']})"})
+  return markdown(table, ANCHOR_COLUMNS)
 
 
 def readme_table(summaries: list[dict[str, Any]]) -> str:

@@ -27,12 +27,17 @@ Metrics = dict[str, jnp.ndarray]
 
 
 def make_schedule(config, steps_per_epoch: int | None = None) -> optax.Schedule:
-  """Learning rate as a function of the step: constant, or linear warm-up then cosine over
+  """Learning rate as a function of the step: constant; linear warm-up then cosine over
   `config.epochs` epochs of `steps_per_epoch` steps (None: `config.steps_per_epoch`, the
-  full training split's)."""
+  full training split's); or step: the peak, then `final_lr_fraction` of it from epoch
+  `lr_drop_epoch` on."""
   if config.schedule == "constant":
     return optax.constant_schedule(config.learning_rate)
   steps_per_epoch = steps_per_epoch or config.steps_per_epoch
+  if config.schedule == "step":
+    drop = int(round(config.lr_drop_epoch * steps_per_epoch))
+    return optax.piecewise_constant_schedule(config.learning_rate,
+                                             {drop: config.final_lr_fraction})
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,

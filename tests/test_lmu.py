@@ -304,25 +304,28 @@ def test_a_parallel_lmu_trains_through_the_loop(tiny_splits, tmp_path):
   _, history = train.train_and_evaluate(config, tmp_path, tiny_splits, log=lambda s: 0)
   assert [r["step"] for r in history] == [4, 8]
   assert np.isfinite(history[-1]["test_loss"]) and history[-1]["grad_norm"] > 0
-  with pytest.raises(ValueError, match="the parallel LMU .* is one layer"):
-    config.replace(num_layers=2)
 
 
 # The parallel LMU
 
-@pytest.mark.parametrize("readout,all_steps", [("last", False), ("mean", False),
-                                               ("last", True)])
-def test_the_parallel_lmu_matches_float64_numpy(readout, all_steps):
+@pytest.mark.parametrize("readout,all_steps,layers", [("last", False, 1), ("mean", False, 1),
+                                                      ("last", True, 1), ("last", False, 3),
+                                                      ("mean", True, 2)])
+def test_the_parallel_lmu_matches_float64_numpy(readout, all_steps, layers):
   """Its last-step path (one matmul with the impulse response) and its every-step path (an
-  FFT convolution) against a float64 loop over time of m' = A_d m + B_d u, relu(W_m m + b)."""
+  FFT convolution) against a float64 loop over time of m' = A_d m + B_d u, relu(W_m m + b),
+  with further ReLU layers."""
   with jax.enable_x64(True):
-    model = lmu.ParallelLMU(hidden_size=7, order=6, theta=9.0, readout=readout)
+    model = lmu.ParallelLMU(hidden_size=7, num_layers=layers, order=6, theta=9.0,
+                            readout=readout)
     x = jax.random.uniform(jax.random.key(7), (3, 15, 2), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64),
                           random_params(model, x, bias_scale=0.3))
     got = model.apply({"params": params}, x, all_steps=all_steps)
   o = reference.parallel_lmu(params, np.asarray(x), theta=9.0)
-  o = o if all_steps else (o[:, -1] if readout == "last" else o.mean(1))
+  if readout == "mean":  # the mean of the outputs so far (all_steps), or of all of them
+    o = np.cumsum(o, 1) / np.arange(1, o.shape[1] + 1)[:, None]
+  o = o if all_steps else o[:, -1]
   want = o @ np.asarray(params["head"]["kernel"]) + np.asarray(params["head"]["bias"])
   np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 

@@ -16,30 +16,33 @@ def rel_err(got, want):
   return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
+@pytest.mark.parametrize("method", ["sequential", "associative"])
 @pytest.mark.parametrize("time", [1, 2, 7, 784])
-def test_the_parallel_scan_equals_the_sequential_loop(time):
+def test_both_recurrences_equal_the_complex_loop(time, method):
   rng = np.random.default_rng(time)
   n = 6
   with jax.enable_x64(True):
     lam = jnp.asarray(rng.uniform(0.5, 0.999, n) * np.exp(1j * rng.uniform(0, 6.3, n)))
     bu = jnp.asarray(rng.standard_normal((3, time, n)) + 1j * rng.standard_normal((3, time, n)))
-    parallel, sequential = lru.lru_states(lam, bu), lru.lru_states_sequential(lam, bu)
+    got, loop = lru.lru_states(lam, bu, method), lru.lru_states_sequential(lam, bu)
     # By hand, the first two states.
-    np.testing.assert_allclose(parallel[:, 0], bu[:, 0], rtol=1e-14)
+    np.testing.assert_allclose(got[:, 0], bu[:, 0], rtol=1e-14)
     if time > 1:
-      np.testing.assert_allclose(parallel[:, 1], lam * bu[:, 0] + bu[:, 1], rtol=1e-13)
-  err = rel_err(parallel, sequential)
-  print(f"measured: parallel vs sequential, T={time}: {err:.1e}")
+      np.testing.assert_allclose(got[:, 1], lam * bu[:, 0] + bu[:, 1], rtol=1e-13)
+  err = rel_err(got, loop)
+  print(f"measured: {method} vs the complex loop, T={time}: {err:.1e}")
   assert err <= 1e-12
 
 
-def test_the_layer_equals_float64_numpy_and_its_initialisation_is_the_papers():
+@pytest.mark.parametrize("method", ["sequential", "associative"])
+def test_the_layer_equals_float64_numpy_and_its_initialisation_is_the_papers(method):
   with jax.enable_x64(True):
-    layer = lru.LRU(state_size=5)
+    layer = lru.LRU(state_size=5, recurrence=method)
     u = jax.random.normal(jax.random.key(0), (2, 30, 4), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64),
                           jax.jit(layer.init)(jax.random.key(1), u)["params"])
-    got = jax.jit(layer.apply)({"params": params}, u)  # jitted: one compilation, not one per op
+    # Time-major in and out; jitted: one compilation, not one per op.
+    got = jnp.swapaxes(jax.jit(layer.apply)({"params": params}, jnp.swapaxes(u, 0, 1)), 0, 1)
   assert rel_err(got, reference.lru_layer(jax.device_get(params), np.asarray(u))) <= 1e-12
   # |lambda| on the ring [0.9, 0.999]; the input normalisation sqrt(1 - |lambda|^2).
   p = jax.device_get(jax.jit(lru.LRU(state_size=4000).init)(
@@ -51,10 +54,11 @@ def test_the_layer_equals_float64_numpy_and_its_initialisation_is_the_papers():
   assert np.all(np.exp(p["theta_log"]) <= 2 * np.pi)
 
 
-def test_the_model_runs_the_same_in_parallel_and_sequentially_and_its_gradients_are_right():
+def test_the_model_runs_the_same_with_both_recurrences_and_its_gradients_are_right():
   with jax.enable_x64(True):
     kw = dict(d_model=6, state_size=4, num_blocks=2, num_classes=10)
-    fast, slow = lru.LRUClassifier(**kw), lru.LRUClassifier(**kw, parallel=False)
+    fast = lru.LRUClassifier(**kw, recurrence="sequential")
+    slow = lru.LRUClassifier(**kw, recurrence="associative")
     x = jax.random.uniform(jax.random.key(0), (3, 11, 2), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64),
                           jax.jit(fast.init)(jax.random.key(1), x)["params"])

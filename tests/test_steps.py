@@ -74,6 +74,19 @@ def test_cosine_schedule(tiny_config):
                              [0.005, 0.01, 0.005, 0.0], atol=1e-9)
 
 
+def test_step_schedule(tiny_config):
+  """The LEM authors' psMNIST schedule: the peak for 100 epochs, then a tenth of it."""
+  c = tiny_config.replace(schedule="step", lr_drop_epoch=100.0, final_lr_fraction=0.1,
+                          epochs=120, learning_rate=7.3e-3)
+  s = steps.make_schedule(c, steps_per_epoch=10)  # the drop at step 1,000
+  np.testing.assert_allclose([float(s(0)), float(s(999)), float(s(1000)), float(s(1199))],
+                             [7.3e-3, 7.3e-3, 7.3e-4, 7.3e-4], rtol=1e-6)
+  with pytest.raises(ValueError, match="drops the learning rate at --lr-drop-epoch"):
+    tiny_config.replace(schedule="step")
+  with pytest.raises(ValueError, match="lr_drop_epoch is used by schedule 'step' only"):
+    tiny_config.replace(lr_drop_epoch=3.0)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_train_steps_equal_that_many_train_step_calls(dropout):
   """Several steps in one scanned call (what the loop runs): the same bits as one call per

@@ -253,7 +253,8 @@ def lmu_layer(cell, x, theta, hidden_to_memory=False, memory_to_memory=False):
 
 def parallel_lmu(params, x, theta):
   """The parallel LMU, a plain loop over time: u = e_x x, m' = A_d m + B_d u, then
-  o = relu(W_m m + b) at every step; returns every o, [batch, time, H]."""
+  o = relu(W_m m + b) and o = relu(o W_k + b_k) for each further layer `hidden_k`, at every
+  step; returns every last o, [batch, time, H]."""
   p = _f64({k: v for k, v in params.items() if k != "bias"})
   p["bias"] = np.asarray(params["bias"], np.float64)
   order = p["memory"]["kernel"].shape[0]
@@ -262,5 +263,8 @@ def parallel_lmu(params, x, theta):
   outputs = []
   for t in range(x.shape[1]):
     m = m @ ad.T + (x[:, t] @ p["encoder_x"]["kernel"]) * bd
-    outputs.append(np.maximum(m @ p["memory"]["kernel"] + p["bias"], 0.0))
+    o = np.maximum(m @ p["memory"]["kernel"] + p["bias"], 0.0)
+    for k in range(1, len([n for n in p if n.startswith("hidden_")]) + 1):
+      o = np.maximum(o @ p[f"hidden_{k}"]["kernel"] + p[f"hidden_{k}"]["bias"], 0.0)
+    outputs.append(o)
   return np.stack(outputs, 1)
