@@ -196,7 +196,7 @@ def test_parameter_counts_of_the_presets():
   want = {"default": 294410, "row_gru": 3 * (28 * 256 + 256 ** 2) + 4 * 256 + 2570,
           "row_bilstm": 2 * 291840 + 5130, "smnist_lem": lem, "psmnist_lem": lem,
           "psmnist_lem_authors": lem,
-          "psmnist": 1 + 468 * 346 + 346 + 3470, "smnist": 1 + 468 * 1024 + 1024 + 10250,
+          "psmnist": 1 + 468 * 346 + 346 + 3470, "smnist": 1 + 468 * 1024 + 1024 + 1024 ** 2 + 1024 + 10250,
           "lstm 128 on pixels": 67850, "irnn 100 on pixels": 11210,
           "cornn 256 on pixels": 2 * 256 + 2 * 256 ** 2 + 2570}
   pixels = {"lstm 128 on pixels": dict(cell="lstm", hidden_size=128),
