@@ -72,7 +72,8 @@ class CellSpec:
     init: `init(params, key, steps, **init_options) -> params`, applied after `model.init`.
     init_options: the `Config` fields `init` reads, by name.
     layers: implementation (`cpu`, `cudnn`) -> the layer class that runs the cell faster
-      than `nn.RNN`'s scan, with the same fields and parameters.
+      than `nn.RNN`'s scan, with the same fields and parameters (for a whole model: what
+      runs its recurrence there).
     model: `make` builds the whole model (no `nn.RNN` layers, no bidirectional).
     units: for a whole model, the floats per time step and example that the memory
       estimate counts (default: `hidden_size` per layer and direction).
@@ -122,6 +123,7 @@ CELLS: dict[str, CellSpec] = {
         options={"lmu_order": "order", "lmu_theta": "theta",
                  "lmu_hidden_to_memory": "hidden_to_memory",
                  "lmu_memory_to_memory": "memory_to_memory"}, model=True,
+        layers={"cpu": "rnnjax.kernel_layers:tanh_recurrence"},
         units=lambda c: c.num_layers * (c.hidden_size + c.lmu_order)),
     "plmu": CellSpec(
         "rnnjax.lmu:parallel_from_config", "parallel LMU, Chilkuri and Eliasmith 2021: the "

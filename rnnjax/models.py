@@ -64,7 +64,11 @@ def describe(config) -> str:
   """How `config`'s recurrent layers run in this process, for the run's first line."""
   spec = CELLS[config.cell]
   if spec.model:  # a whole model, which says in its module how its layers run
-    return f"{spec.family}: its own model ({spec.make.split(':')[0]})"
+    what = f"{spec.family}: its own model ({spec.make.split(':')[0]})"
+    if "cpu" in spec.layers and resolve(config.rnn_kernel) == "cpu":
+      engine = cpu_kernel.GEMM_NAMES[cpu_kernel.gemm_engine()]
+      return f"{what}, its recurrence on rnnjax's CPU kernel ({engine})"
+    return what
   layers = spec.layers  # the faster layers the cell registers, if any
   if not layers:
     return f"{config.cell} layers: nn.RNN scan"

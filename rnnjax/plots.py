@@ -54,13 +54,10 @@ def curves(history: Sequence[dict[str, Any]]):
 
 
 def best_epoch(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """The record of the epoch with the best validation accuracy (the latest of ties, as the
-  checkpoint manager's `best_step`); the last epoch where the run held out no validation
-  images."""
-  scored = [r for r in history if "val_accuracy" in r]
-  if not scored:
-    return history[-1]
-  return max(scored, key=lambda r: (r["val_accuracy"], r["epoch"]))
+  """`results.best_epoch` (the latest of equals, as the checkpoint manager's `best_step`);
+  the last epoch where the run held out no validation images."""
+  from rnnjax import results
+  return results.best_epoch(history) or history[-1]
 
 
 def confusion(matrix: np.ndarray, title: str = "test set"):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rnnjax import presets
-from rnnjax import checkpointing, steps
+from rnnjax import checkpointing, results, steps
 from tests.helpers import abstract_like
 
 
@@ -45,6 +45,22 @@ def test_keeps_latest_and_best_by_validation_never_by_test(tiny_config, tmp_path
     unranked.save(step, state, {"epoch": step}, None)
   assert (unranked.steps(), unranked.best_step()) == ([2, 3], None)
   unranked.close()
+
+
+def test_of_equal_validation_accuracies_the_latest_is_kept_and_best(tiny_config, tmp_path):
+  """What `results.best_epoch` and the run's last line report: the latest of equals is the
+  checkpoint kept and named best; an earlier equal one is gone."""
+  state = steps.create_train_state(tiny_config, jax.random.key(0))
+  ckpt = checkpointing.Checkpointer(tmp_path / "ck", keep=1)
+  history = [{"epoch": e, "val_accuracy": a} for e, a in [(1, 0.5), (2, 0.9), (3, 0.7),
+                                                         (4, 0.9), (5, 0.6), (6, 0.9),
+                                                         (7, 0.8)]]
+  for record in history:
+    ckpt.save(record["epoch"], state, {"epoch": record["epoch"]},
+              checkpointing.selection_metrics(record))
+  assert ckpt.best_step() == 6 and ckpt.steps() == [6, 7]
+  assert results.best_epoch(history)["epoch"] == 6
+  ckpt.close()
 
 
 def test_no_checkpoint_gives_none(tiny_config, tmp_path):

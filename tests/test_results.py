@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rnnjax import presets, results, train
+from rnnjax import checkpointing, presets, results, train
 from tests.helpers import REPO, synthetic_split
 
 
@@ -21,12 +21,13 @@ def record(epoch, val, test, count=100, rate=50.0, seconds=3.0):
 def test_the_summary_of_a_history_by_hand():
   config = presets.get("tiny").replace(epochs=5, seed=3)
   history = [record(1, 0.5, 0.40, rate=50.0), record(2, 0.7, 0.61, rate=100.0),
-             record(3, 0.7, 0.66, rate=25.0),  # ties epoch 2: the first is the best
+             record(3, 0.7, 0.66, rate=25.0),  # ties epoch 2: the latest is the best, the
+             # checkpoint the manager keeps (test_checkpointing checks that it keeps it)
              {"epoch": 4, "step": 9, "diverged": True, "train_loss": float("nan")}]
   s = results.summary(config, history, "LSTM: nn.RNN scan", 12.5)
   assert s["preset"] == "tiny" and s["config"]["seed"] == 3
   assert (s["epochs_done"], s["epochs_planned"]) == (3, 5)
-  assert s["best"] == {"epoch": 2, "val_accuracy": 0.7, "test_accuracy": 0.61}
+  assert s["best"] == {"epoch": 3, "val_accuracy": 0.7, "test_accuracy": 0.66}
   assert s["last"] == {"epoch": 3, "test_accuracy": 0.66}
   # 300 images in 100/50 + 100/100 + 100/25 = 7 s of training
   assert s["images_per_second"] == pytest.approx(300 / 7, rel=1e-12)
@@ -86,7 +87,10 @@ def test_a_run_writes_its_summary_and_the_command_tabulates_it(tmp_path):
   _, history = train.train_and_evaluate(config, workdir, splits, log=lambda _: None)
   s = json.loads((workdir / "summary.json").read_text())
   assert (s["epochs_done"], s["epochs_planned"], s["preset"]) == (2, 2, "tiny")
-  best = max(history, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+  # The best is the epoch of the checkpoint the run kept as best (here two epochs tie).
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", read_only=True)
+  best = next(r for r in history if r["step"] == ckpt.best_step())
+  ckpt.close()
   assert s["best"] == {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
                        "test_accuracy": best["test_accuracy"]}
   assert s["last"]["test_accuracy"] == history[-1]["test_accuracy"]
