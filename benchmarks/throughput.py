@@ -300,7 +300,7 @@ def benchmark_main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true",
                  help="also measure PyTorch nn.LSTM + nn.Linear + Adam (needs torch)")
   p.add_argument("--compare-keras-lmu", action="store_true",
-                 help="also measure keras-lmu's psMNIST model at the LMU settings (needs "
+                 help="also measure keras-lmu's models at the LMU settings (needs "
                       "pip install keras-lmu==0.9.0 beside TensorFlow)")
   p.add_argument("--allocator", default=None,
                  help=f"GLIBC_TUNABLES for the measured processes (both frameworks): "
@@ -334,9 +334,9 @@ def benchmark_main(argv=None) -> int:
       import keras_lmu  # noqa: F401
     except ImportError:
       p.error("--compare-keras-lmu needs keras-lmu: pip install keras-lmu==0.9.0")
-    if any(SETTINGS[n][5] != "lmu" for n in names):
+    if any(SETTINGS[n][5] not in LMU_ORDER for n in names):
       p.error("--compare-keras-lmu measures the LMU settings only: "
-              + ", ".join(n for n in SETTINGS if SETTINGS[n][5] == "lmu"))
+              + ", ".join(n for n in SETTINGS if SETTINGS[n][5] in LMU_ORDER))
   if args.allocator is None:
     try:
       allocators = ["hugetlb" if allocator.wanted() == "tuned" else "default"]

@@ -35,6 +35,22 @@ def test_flops_per_image_by_hand():
       128 + 2 * 128 * 128) + head
   assert throughput.flops_per_image("eval", 128, 784, 1, "lru") == 784 * (
       2 * 128 + 4 * 2 * 128 * 64 + 2 * 128 * 256) + head
+  # The parallel LMU as it computes the last step: the memory m_T = x (1 x T) H (T x 468),
+  # then W_m (468 x 346) and the readout.
+  assert throughput.flops_per_image("train", 346, 784, 1, "plmu") == 3 * (
+      2 * 784 * 468 + 2 * 468 * 346 + 2 * 346 * 10)
+
+
+def test_the_lmu_memory_alternatives_compute_the_fft_convolution():
+  import jax
+  import jax.numpy as jnp
+  import lmu_memory
+  from rnnjax import lmu
+  u = jax.random.normal(jax.random.key(0), (lmu_memory.BATCH, lmu_memory.STEPS, 1))
+  g = jax.random.normal(jax.random.key(1), (1, lmu_memory.STEPS, lmu_memory.HIDDEN)) / 30
+  want = jax.jit(lmu.causal_convolution)(u, g)
+  for f in (lmu_memory.toeplitz, lmu_memory.blocked):
+    assert float(jnp.abs(jax.jit(f)(u, g) - want).max() / jnp.abs(want).max()) < 1e-5
 
 
 def test_unknown_setting_is_a_usage_error():
