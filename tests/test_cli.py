@@ -234,7 +234,8 @@ def test_every_config_field_has_a_flag():
   for field, kind, _ in config_lib.fields():
     readers = [k for k, spec in config_lib.CELLS.items() if field.name in spec.reads()]
     cell = [] if not readers or base.cell in readers else ["--cell", readers[0]]
-    needs = {"weight_decay": ["--optimizer", "adamw"]}.get(field.name, [])
+    needs = {"weight_decay": ["--optimizer", "adamw"],
+             "lr_drop_epoch": ["--schedule", "step"]}.get(field.name, [])
     flag = flag_and_value(field, kind, base)
     changed = cli.build_config(parse(["--preset", "tutorial", *cell, *needs, *flag]))
     assert getattr(changed, field.name) != getattr(base, field.name), field.name
