@@ -223,11 +223,13 @@ def bench_torch(name: str) -> Prepared:
       "peak_memory_kind": "device peak bytes" if on_gpu else "process peak RSS"})
 
 
-def bench_keras(name: str) -> Prepared:
+def bench_keras(name: str, fft: bool = False) -> Prepared:
   """keras-lmu's model of the setting's shape. `seq_lmu`: its psMNIST example,
   `RNN(LMUCell(memory_d=1, order=256, theta=T, hidden_cell=SimpleRNNCell(H),
   hidden_to_memory=False, memory_to_memory=False, input_to_hidden=True,
-  kernel_initializer="ones"))`; `seq_plmu`: the parallel LMU, `LMUFeedforward(memory_d=1,
+  kernel_initializer="ones"))`, step by step; with `fft`, the same arguments to its `LMU`
+  layer, which then computes the memory by FFT and scans only the hidden cell (rnnjax's
+  form of this model); `seq_plmu`: the parallel LMU, `LMUFeedforward(memory_d=1,
   order=468, theta=T, hidden_cell=Dense(H, relu), return_sequences=False)` (its memory by
   FFT); then `Dense(10)`, Adam, one `train_on_batch` per call (its notebook's `fit` runs
   the same step)."""
@@ -243,10 +245,11 @@ def bench_keras(name: str) -> Prepared:
         hidden_cell=tf.keras.layers.Dense(hidden, activation="relu"),
         return_sequences=False)
   else:
-    layer = tf.keras.layers.RNN(keras_lmu.LMUCell(
-        memory_d=1, order=LMU_ORDER["lmu"], theta=t_steps,
-        hidden_cell=tf.keras.layers.SimpleRNNCell(hidden), hidden_to_memory=False,
-        memory_to_memory=False, input_to_hidden=True, kernel_initializer="ones"))
+    lmu = dict(memory_d=1, order=LMU_ORDER["lmu"], theta=t_steps,
+               hidden_cell=tf.keras.layers.SimpleRNNCell(hidden), hidden_to_memory=False,
+               memory_to_memory=False, input_to_hidden=True, kernel_initializer="ones")
+    layer = (keras_lmu.LMU(**lmu) if fft
+             else tf.keras.layers.RNN(keras_lmu.LMUCell(**lmu)))
   inputs = tf.keras.Input((t_steps, features))
   outputs = tf.keras.layers.Dense(CLASSES)(layer(inputs))
   model = tf.keras.Model(inputs, outputs)
@@ -268,8 +271,10 @@ def bench_keras(name: str) -> Prepared:
       "peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "process peak RSS"})
 
 
-BENCHES = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras}
-PEERS = {"torch": "torch", "keras": "keras-lmu"}  # a peer's framework -> its name in lines
+BENCHES = {"jax": bench_jax, "torch": bench_torch, "keras": bench_keras,
+           "keras_fft": lambda name: bench_keras(name, fft=True)}
+# A peer's framework -> its name in lines.
+PEERS = {"torch": "torch", "keras": "keras-lmu", "keras_fft": "keras-lmu LMU (FFT memory)"}
 
 
 def summarize(name: str, result: dict, framework: str = "jax") -> dict:
@@ -367,7 +372,8 @@ def measure(name: str, alloc: str, args, env: dict) -> None:
   window, so that they see the same moods of the machine (its speed drifts by tens of per
   cent between minutes)."""
   frameworks = ["jax", *(["torch"] if args.compare_torch else []),
-                *(["keras"] if args.compare_keras_lmu else [])]
+                *(["keras"] if args.compare_keras_lmu else []),
+                *(["keras_fft"] if args.compare_keras_lmu and name == "seq_lmu" else [])]
   workers = []
   try:
     for framework in frameworks:

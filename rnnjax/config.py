@@ -50,6 +50,8 @@ DATASETS = ("mnist", "fashion_mnist", "kmnist")
 TASKS = ("rows", "pixels", "permuted")
 SEQUENCE_SHAPES = {"rows": (28, 28), "pixels": (784, 1), "permuted": (784, 1)}  # [time, features]
 READOUTS = ("last", "mean")
+# The readout layer's initialisation (`rnnjax.models.dense_head`).
+HEAD_INITS = ("lecun", "he")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +223,11 @@ class Config:
   readout: str = _field(
       "last", "the dense layer reads the last hidden state (bidirectional: each direction's "
       "final one) or the mean over time", group=MODEL, choices=READOUTS)
+  head_init: str = _field(
+      "lecun", "the dense layer's initialisation: lecun (flax's default: LeCun-normal "
+      "weights, zero bias) or he (He-normal weights, bias uniform in +-1/sqrt(fan in): "
+      "PyTorch's kaiming_normal_ and nn.Linear bias, the LEM authors' classifier)",
+      group=MODEL, choices=HEAD_INITS)
   num_classes: int = _field(
       10, "logits of the readout (every dataset here has 10; at least 10)", group=MODEL,
       low=1)

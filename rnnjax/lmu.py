@@ -264,6 +264,7 @@ class LMUClassifier(nn.Module):
   dropout: float = 0.0
   parallel: bool = True
   kernel: str = "xla"
+  head_init: str = "lecun"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
@@ -277,8 +278,8 @@ class LMUClassifier(nn.Module):
       x = LMULayer(cell, parallel=self.parallel, name=f"rnn_{k}")(x)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
-                           all_steps)
+    head = models.dense_head(self.num_classes, x.shape[-1], self.head_init)
+    return models.read_out(head, x, self.readout, all_steps)
 
 
 class ParallelLMU(nn.Module):
@@ -308,6 +309,7 @@ class ParallelLMU(nn.Module):
   theta: float = 784.0
   readout: str = "last"
   dropout: float = 0.0
+  head_init: str = "lecun"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
@@ -319,7 +321,7 @@ class ParallelLMU(nn.Module):
     memory = nn.Dense(self.hidden_size, use_bias=False,
                       kernel_init=nn.initializers.glorot_uniform(), name="memory")  # W_m
     bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,), inputs.dtype)
-    head = nn.Dense(self.num_classes, name="head")
+    head = models.dense_head(self.num_classes, self.hidden_size, self.head_init)
     dropout = nn.Dropout(self.dropout, deterministic=not train)
     def layers(pre):
       o = dropout(nn.relu(pre))
@@ -342,7 +344,7 @@ def from_config(config) -> LMUClassifier:
                        theta=config.lmu_theta,
                        hidden_to_memory=config.lmu_hidden_to_memory,
                        memory_to_memory=config.lmu_memory_to_memory, readout=config.readout,
-                       dropout=config.dropout,
+                       dropout=config.dropout, head_init=config.head_init,
                        kernel="cpu" if models.resolve(config.rnn_kernel) == "cpu" else "xla")
 
 
@@ -351,4 +353,4 @@ def parallel_from_config(config) -> ParallelLMU:
   return ParallelLMU(hidden_size=config.hidden_size, num_layers=config.num_layers,
                      num_classes=config.num_classes,
                      order=config.lmu_order, theta=config.lmu_theta, readout=config.readout,
-                     dropout=config.dropout)
+                     dropout=config.dropout, head_init=config.head_init)

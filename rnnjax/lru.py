@@ -139,6 +139,7 @@ class LRU(nn.Module):
   r_max: float = 0.999
   max_phase: float = 2 * math.pi
   recurrence: str = "auto"
+  head_init: str = "lecun"
 
   @nn.compact
   def __call__(self, u: jax.Array) -> jax.Array:
@@ -207,8 +208,8 @@ class LRUClassifier(nn.Module):
     for k in range(self.num_blocks):
       x = LRUBlock(self.state_size, self.dropout, self.recurrence,
                    name=f"block_{k}")(x, train)
-    return models.read_out(nn.Dense(self.num_classes, name="head"), x, self.readout,
-                           all_steps, time_axis=0)
+    head = models.dense_head(self.num_classes, self.d_model, self.head_init)
+    return models.read_out(head, x, self.readout, all_steps, time_axis=0)
 
 
 def from_config(config) -> LRUClassifier:
@@ -216,4 +217,5 @@ def from_config(config) -> LRUClassifier:
   blocks of state `state_size` (its registration, `rnnjax.config.CELLS`)."""
   return LRUClassifier(d_model=config.hidden_size, state_size=config.state_size,
                        num_blocks=config.num_layers, num_classes=config.num_classes,
-                       dropout=config.dropout, readout=config.readout)
+                       dropout=config.dropout, readout=config.readout,
+                       head_init=config.head_init)
