@@ -139,7 +139,6 @@ class LRU(nn.Module):
   r_max: float = 0.999
   max_phase: float = 2 * math.pi
   recurrence: str = "auto"
-  head_init: str = "lecun"
 
   @nn.compact
   def __call__(self, u: jax.Array) -> jax.Array:
@@ -198,6 +197,7 @@ class LRUClassifier(nn.Module):
   dropout: float = 0.0
   readout: str = "mean"
   recurrence: str = "auto"
+  head_init: str = "lecun"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
