@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import cpu_kernel
+from rnnjax.cells import uniform
 from rnnjax.cpu_kernel import KernelUnavailable
 from rnnjax.config import CELLS, HEAD_INITS, RNN_KERNELS, load
 
@@ -218,12 +219,6 @@ class SequenceClassifier(nn.Module):
     return read_out(head, x, self.readout, all_steps)
 
 
-def _symmetric_uniform(bound: float):
-  """Initializer: uniform in (-bound, bound)."""
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
-                                                                   bound)
-
-
 def dense_head(num_classes: int, fan_in: int, init: str = "lecun") -> nn.Dense:
   """The readout layer, named `head`, for inputs of `fan_in` features. `init` (one of
   `config.HEAD_INITS`): `lecun`, flax's `Dense` default (LeCun-normal weights, truncated;
@@ -236,7 +231,7 @@ def dense_head(num_classes: int, fan_in: int, init: str = "lecun") -> nn.Dense:
   if init == "he":
     return nn.Dense(num_classes, name="head",
                     kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-                    bias_init=_symmetric_uniform(1 / math.sqrt(fan_in)))
+                    bias_init=uniform(1 / math.sqrt(fan_in)))
   raise ValueError(f"unknown head init {init!r}; choose one of {HEAD_INITS}")
 
 
