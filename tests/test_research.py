@@ -191,11 +191,13 @@ def test_parameter_counts_of_the_presets():
   the LSTM layer and a 512-wide head; LSTM 128 on pixels 4*(128 + 128^2 + 128) + 1290;
   IRNN 100: 100 + 100 + 100^2 + 1010; LEM 128 on pixels: input 4H + 4H, hidden H*3H + 3H,
   z H^2 + H, head 1290; coRNN 256: input H + H, z and y H^2 each, head 2570; the parallel
-  LMU: encoder 1, W_m order*H, bias H, head 10H + 10."""
+  LMU: encoder 1, W_m order*H, bias H, head 10H + 10; the LMU 212 over order 256 (keras-lmu's
+  101,771): encoder 1, W_m 256*212, W_x 212 and bias 212, W_h 212^2, head 2130."""
   lem = 8 * 128 + 3 * 128 ** 2 + 3 * 128 + 128 ** 2 + 128 + 1290
   want = {"default": 294410, "row_gru": 3 * (28 * 256 + 256 ** 2) + 4 * 256 + 2570,
           "row_bilstm": 2 * 291840 + 5130, "smnist_lem": lem, "psmnist_lem": lem,
           "psmnist_lem_authors": lem,
+          "psmnist_lmu": 1 + 256 * 212 + 2 * 212 + 212 ** 2 + 2130,
           "psmnist": 1 + 468 * 346 + 346 + 3470, "smnist": 1 + 468 * 1024 + 1024 + 1024 ** 2 + 1024 + 10250,
           "lstm 128 on pixels": 67850, "irnn 100 on pixels": 11210,
           "cornn 256 on pixels": 2 * 256 + 2 * 256 ** 2 + 2570}
