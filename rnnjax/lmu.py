@@ -104,6 +104,53 @@ def causal_convolution(u: jax.Array, g: jax.Array) -> jax.Array:
   return jnp.fft.irfft(spectrum, n, axis=1)[:, :steps].astype(u.dtype)
 
 
+@functools.cache
+def _block_powers(order: int, theta: float, block: int) -> np.ndarray:
+  """`A_d^(l + 1)` for `l < block`, `<[block, order, order]>` (float64, read-only, cached)."""
+  ad, _ = zoh(order, theta)
+  out = np.empty((block, order, order))
+  power = np.eye(order)
+  for l in range(block):
+    power = ad @ power
+    out[l] = power
+  out.flags.writeable = False
+  return out
+
+
+def memory_drive_by_blocks(u: jax.Array, w_m: jax.Array, order: int, theta: float,
+                           block: int = 16) -> jax.Array:
+  """`W_m m_t` for every step: encoded inputs `u <[B, T, J]>` of J memory systems, `w_m
+  <[J * order, H]>` -> `<[B, T, H]>`, what `causal_convolution(u, H W_m)` gives, by blocks
+  of `block` steps through the memory's own state. The state before each block, `s_c`,
+  comes from a scan over the T / block blocks (`s_{c+1} = A_d^L s_c + the block's input
+  through the response`); within block c, step l then reads
+  `m = A_d^(l+1) s_c + sum_{i <= l} H[l - i] u_i`, so that `W_m m` is one matmul of every
+  block's state with `[A_d^(l+1) W_m]_l`, `[B T / L, J order] x [J order, L H]`, plus the
+  block's own inputs through the response, `[B T / L, J L] x [J L, L H]`: dense matmuls
+  where the FFT's spectra are bound by memory traffic."""
+  batch, steps, systems = u.shape
+  hidden = w_m.shape[-1]
+  blocks = -(-steps // block)
+  u = jnp.pad(u, ((0, 0), (0, blocks * block - steps), (0, 0))).reshape(
+      batch, blocks, block, systems)
+  response = jnp.asarray(impulse_response(order, theta, block), u.dtype)  # [L, order]
+  powers = jnp.asarray(_block_powers(order, theta, block), u.dtype)  # A_d^(l+1)
+  w = w_m.reshape(systems, order, hidden)
+  # A block's input into the state after it: u_i through H[L - 1 - i].
+  inject = jnp.einsum("bcij,io->cbjo", u, response[::-1])
+
+  def advance(state, block_input):
+    return state @ powers[-1].T + block_input, state
+
+  _, starts = jax.lax.scan(advance, jnp.zeros_like(inject[0]), inject)  # [C, B, J, order]
+  carried = jnp.einsum("cbjo,jolh->bclh", starts, jnp.einsum("lqo,jqh->jolh", powers, w))
+  lag = jnp.arange(block)[None, :] - jnp.arange(block)[:, None]  # [i, l]: l - i
+  response_w = jnp.einsum("ko,joh->jkh", response, w)  # [J, L, H]: H[k] W_m
+  within = jnp.where((lag >= 0)[None, :, :, None], response_w[:, jnp.clip(lag, 0)], 0.0)
+  local = jnp.einsum("bcij,jilh->bclh", u, within)
+  return (carried + local).reshape(batch, blocks * block, hidden)[:, :steps]
+
+
 @jax.custom_vjp
 def tanh_recurrence(drive: jax.Array, w: jax.Array, h0: jax.Array) -> jax.Array:
   """`h_t = tanh(drive_t + h_{t-1} @ w)` from `h0 <[B, H]>` over time-major
@@ -141,6 +188,9 @@ def _tanh_recurrence_bwd(residuals, d_hs):
 tanh_recurrence.defvjp(_tanh_recurrence_fwd, _tanh_recurrence_bwd)
 
 
+MEMORY_METHODS = ("fft", "blocks")  # how `LMUCell.sequence` computes W_m m_t for every step
+
+
 class LMUCell(nn.RNNCellBase):
   """One LMU step (module docstring): carry `(m <[B, memory_d * order]>, h <[B, H]>)`,
   output `h`."""
@@ -152,8 +202,12 @@ class LMUCell(nn.RNNCellBase):
   hidden_to_memory: bool = False
   memory_to_memory: bool = False
   kernel: str = "xla"
+  memory_method: str = "blocks"
 
   def setup(self):
+    if self.memory_method not in MEMORY_METHODS:
+      raise ValueError(f"memory_method must be one of {MEMORY_METHODS}, "
+                       f"got {self.memory_method!r}")
     glorot, orthogonal = nn.initializers.glorot_uniform(), nn.initializers.orthogonal()
     self.encoder_x = nn.Dense(self.memory_d, use_bias=False, kernel_init=nn.initializers.ones)
     if self.hidden_to_memory:
@@ -192,18 +246,22 @@ class LMUCell(nn.RNNCellBase):
     batch, steps, _ = x.shape
     u = self.encoder_x(x)  # [B, T, memory_d]
     response = jnp.asarray(impulse_response(self.order, self.theta, steps), x.dtype)
-    # Memory system j's impulse response through W_m: the block of W_m that reads it.
-    blocks = (jnp.eye(self.memory_d, dtype=x.dtype)[:, None, :, None]
-              * response[None, :, None, :]).reshape(self.memory_d, steps, -1)
-    drive = causal_convolution(u, self.memory(blocks)) + self.input(x)
+    if self.memory_method == "fft":
+      # Memory system j's impulse response through W_m: the block of W_m that reads it.
+      blocks = (jnp.eye(self.memory_d, dtype=x.dtype)[:, None, :, None]
+                * response[None, :, None, :]).reshape(self.memory_d, steps, -1)
+      memory = causal_convolution(u, self.memory(blocks))
+    else:
+      w_m = self.memory(jnp.eye(self.memory_d * self.order, dtype=x.dtype))  # W_m itself
+      memory = memory_drive_by_blocks(u, w_m, self.order, self.theta)
+    drive = memory + self.input(x)
     w_h = self.hidden(jnp.eye(self.features, dtype=x.dtype))  # W_h itself
     recurrence = tanh_recurrence
     if self.kernel == "cpu":
       from rnnjax import cpu_kernel, kernel_layers
       cpu_kernel.require()
       recurrence = kernel_layers.tanh_recurrence
-    hs = recurrence(jnp.swapaxes(drive, 0, 1), w_h,
-                         jnp.zeros((batch, self.features), x.dtype))
+    hs = recurrence(jnp.swapaxes(drive, 0, 1), w_h, jnp.zeros((batch, self.features), x.dtype))
     m_last = jnp.einsum("btj,tk->bjk", u[:, ::-1], response).reshape(batch, -1)
     return (m_last, hs[-1]), jnp.swapaxes(hs, 0, 1)
 
@@ -265,6 +323,7 @@ class LMUClassifier(nn.Module):
   parallel: bool = True
   kernel: str = "xla"
   head_init: str = "lecun"
+  memory_method: str = "blocks"
 
   @nn.compact
   def __call__(self, inputs: jax.Array, all_steps: bool = False,
@@ -274,7 +333,7 @@ class LMUClassifier(nn.Module):
       cell = LMUCell(self.hidden_size, self.order, self.theta,
                      hidden_to_memory=self.hidden_to_memory,
                      memory_to_memory=self.memory_to_memory, kernel=self.kernel,
-                     parent=None)
+                     memory_method=self.memory_method, parent=None)
       x = LMULayer(cell, parallel=self.parallel, name=f"rnn_{k}")(x)
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -180,12 +181,14 @@ def hardware(s: dict[str, Any], short: bool = False) -> str:
   m = s["machine"]
   if m.get("gpu"):
     return m["gpu"]
+  # /proc/cpuinfo's "Intel(R) Xeon(R) Processor" reads "Intel Xeon", as the other names do.
+  cpu = re.sub(r"\((R|TM)\)| Processor$", "", m["cpu"])
   if short:
-    return f"{m['cpu']} {m['cpu_family']}/{m['cpu_model']}" if m.get("cpu_family") else m["cpu"]
+    return f"{cpu} {m['cpu_family']}/{m['cpu_model']}" if m.get("cpu_family") else cpu
   numbers = (f" (family {m['cpu_family']}, model {m['cpu_model']})"
              if m.get("cpu_family") else "")
   cores = f", {m['cores']} cores" if m.get("cores") else ""
-  return f"{m['cpu']}{numbers}{cores}"
+  return f"{cpu}{numbers}{cores}"
 
 
 def _span(values: list[float], scale: float = 100, digits: int = 2) -> str:
@@ -268,7 +271,8 @@ def page(summaries: list[dict[str, Any]]) -> str:
       "pixel; [anchors.json](anchors.json)), then rnnjax's runs on the same tasks from the\n"
       "table above. A row's model says what carries state across the 784 steps\n"
       "([models_and_tasks.md](models_and_tasks.md)): the parallel LMU's only state is a fixed\n"
-      "linear memory; LEM's is a learned nonlinear recurrence.\n\n")
+      "linear memory; LEM's is a learned nonlinear recurrence, and so is the LMU's hidden\n"
+      "state, over its fixed linear memory.\n\n")
   return head + markdown(rows(summaries)) + anchors + anchors_table(summaries)
 
 
@@ -299,9 +303,19 @@ def anchors_table(summaries: list[dict[str, Any]]) -> str:
         "sMNIST %": "", "psMNIST %": "", tasks[config.task]:
         row["test accuracy % at best validation"],
         "parameters": f"{resources.parameter_count(config):,}",
-        "budget": f"{config.epochs} epochs, {row['minutes'] or '?'} min on 2 CPU cores",
+        "budget": f"{epochs_run(runs, config.epochs)}, {row['minutes'] or '?'} min on 2 CPU "
+                  "cores",
         "source": f"docs/results/ (seeds {row['seeds']}; {row['hardware']})"})
   return markdown(table, ANCHOR_COLUMNS)
+
+
+def epochs_run(runs: list[dict[str, Any]], planned: int) -> str:
+  """The epochs a preset's runs trained: "40 epochs" when every run finished, else what
+  each one reached of its plan ("40 of 120 epochs, stopped")."""
+  done = sorted({s.get("epochs_done") or 0 for s in runs})
+  if done == [planned]:
+    return f"{planned} epochs"
+  return f"{', '.join(map(str, done))} of {planned} epochs, stopped"
 
 
 def readme_table(summaries: list[dict[str, Any]]) -> str:

@@ -122,17 +122,40 @@ def model_cell(model: lmu.LMUClassifier) -> lmu.LMUCell:
                      memory_to_memory=model.memory_to_memory)
 
 
-def test_two_memories_in_parallel_match_the_scan():
+@pytest.mark.parametrize("memory_method", lmu.MEMORY_METHODS)
+def test_two_memories_in_parallel_match_the_scan(memory_method):
   """A cell with memory_d = 2 (two delay systems, each with its own encoder column): the
   parallel layer against `nn.RNN`'s scan of the same cell, float64."""
   with jax.enable_x64(True):
-    cell = lmu.LMUCell(5, order=4, theta=7.0, memory_d=2)
+    cell = lmu.LMUCell(5, order=4, theta=7.0, memory_d=2, memory_method=memory_method)
     fast, scan = lmu.LMULayer(cell), lmu.LMULayer(cell, parallel=False)
     x = jax.random.uniform(jax.random.key(2), (2, 13, 3), jnp.float64)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), random_params(scan, x))
     (m1, h1), y1 = fast.apply({"params": params}, x, return_carry=True)
     (m2, h2), y2 = scan.apply({"params": params}, x, return_carry=True)
   assert rel_err(y1, y2) <= 1e-12 and rel_err(h1, h2) <= 1e-12 and rel_err(m1, m2) <= 1e-12
+
+
+@pytest.mark.parametrize("systems,steps_,block", [(1, 56, 8), (2, 50, 8), (1, 7, 16)])
+def test_the_memory_by_blocks_is_the_convolution_with_the_response(systems, steps_, block):
+  """`memory_drive_by_blocks` against `sum_k u[t - k] H[k] W_m` summed by NumPy in float64:
+  whole blocks, a last block cut short, a sequence shorter than one block."""
+  rng = np.random.default_rng(systems * 100 + steps_)
+  order, theta = 16, 40.0
+  u = rng.uniform(0, 1, (3, steps_, systems))
+  w_m = rng.standard_normal((systems * order, 5))
+  response = lmu.impulse_response(order, theta, steps_)  # [T, order]
+  want = np.zeros((3, steps_, 5))
+  for t in range(steps_):
+    for k in range(t + 1):
+      memory = (u[:, t - k, :, None] * response[k]).reshape(3, -1)  # [B, J * order]
+      want[:, t] += memory @ w_m
+  with jax.enable_x64(True):
+    got = lmu.memory_drive_by_blocks(jnp.asarray(u), jnp.asarray(w_m), order, theta, block)
+  assert rel_err(got, want) <= 1e-12
+  with pytest.raises(ValueError, match="memory_method must be one of"):
+    lmu.LMUCell(4, memory_method="fast").init(jax.random.key(0), (jnp.zeros((1, 256)),
+                                              jnp.zeros((1, 4))), jnp.zeros((1, 1)))
 
 
 def test_the_parallel_layer_falls_back_to_the_scan_where_it_does_not_apply():
@@ -164,11 +187,14 @@ def assert_matches_the_scan(fast, scan, x, labels):
     assert rel_err(a, b) <= 1e-4
 
 
-def test_the_parallel_memory_matches_the_scan_in_float32_at_784_steps():
+@pytest.mark.parametrize("memory_method", lmu.MEMORY_METHODS)
+def test_the_parallel_memory_matches_the_scan_in_float32_at_784_steps(memory_method):
   """psMNIST's length and window, forward and gradients, float32 both ways: they differ by
-  float32 rounding only (an FFT convolution against 784 sequential updates)."""
+  float32 rounding only (an FFT convolution, or blocks through the memory's state, against
+  784 sequential updates)."""
   kw = dict(hidden_size=16, order=64, theta=784.0)
-  assert_matches_the_scan(lmu.LMUClassifier(**kw), lmu.LMUClassifier(**kw, parallel=False),
+  fast = lmu.LMUClassifier(**kw, memory_method=memory_method)
+  assert_matches_the_scan(fast, lmu.LMUClassifier(**kw, parallel=False),
                           jax.random.uniform(jax.random.key(4), (4, 784, 1)),
                           jnp.array([0, 3, 9, 1]))
 

@@ -58,11 +58,27 @@ def test_seeds_of_one_preset_on_one_machine_are_one_row_mean_min_max():
   assert first["minutes"] == "7.0 (6.0-8.0)" and first["images/s"] == "200 (100-300)"
   assert first["hardware"] == "AMD EPYC (family 25, model 1), 2 cores"
   assert table[1]["test accuracy % at best validation"] == "99.00"
+  intel = summary_of("default", 0, 0.99, 0.99, 9.0, cpu=("Intel(R) Xeon(R) Processor", "6", "207"))
+  assert results.rows([intel])[0]["hardware"] == "Intel Xeon (family 6, model 207), 2 cores"
   merged = results.rows(runs, by_machine=False)
   assert len(merged) == 1 and merged[0]["hardware"] == "AMD EPYC 25/1, Intel Xeon 6/167"
   assert merged[0]["test accuracy % at best validation"] == "99.27 (99.00-99.42)"
   parsed = list(csv.DictReader(io.StringIO(results.as_csv(table))))
   assert parsed[0]["seeds"] == "0, 1, 2" and parsed[1]["hardware"].startswith("Intel Xeon")
+
+
+def test_the_field_table_says_how_many_epochs_ran():
+  whole = [dict(summary_of("psmnist", seed, 0.98, 0.985, 1.5), epochs_done=40)
+           for seed in (0, 1)]
+  stopped = [dict(summary_of("psmnist_lem_authors", 0, 0.9, 0.91, 90.0), epochs_done=40)]
+  assert results.epochs_run(whole, 40) == "40 epochs"
+  assert results.epochs_run(stopped, 120) == "40 of 120 epochs, stopped"
+  assert results.epochs_run(whole + stopped, 120) == "40 of 120 epochs, stopped"
+  lines = results.anchors_table(whole + stopped).splitlines()
+  assert [line for line in lines if "| 40 epochs, 1.5 (1.5-1.5) min on 2 CPU cores |" in line
+          ] == [line for line in lines if "rnnjax `psmnist`" in line]
+  assert [line for line in lines if "| 40 of 120 epochs, stopped, 90.0 min on 2 CPU" in line
+          ] == [line for line in lines if "rnnjax `psmnist_lem_authors`" in line]
 
 
 def test_the_results_page_and_the_readme_table_are_the_records():
