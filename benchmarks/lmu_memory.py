@@ -1,8 +1,11 @@
-"""The LMU's memory term for every step, `z[b, t, :] = sum_k u[b, t - k] K[k, :]`, three
-ways, at keras-lmu's psMNIST shape (batch 100, 784 steps, 212 hidden units): the FFT
-convolution rnnjax uses (`lmu.causal_convolution`), one matmul on the Toeplitz rows of u,
-and blocks of 56 steps. Prints each one's forward and forward+backward time (the mean of 5
-calls after one warm-up call, in this process) and its distance from the FFT's result.
+"""The LMU's memory term for every step, `z[b, t, :] = sum_k u[b, t - k] K[k, :]` with
+`K = H W_m` (the memory's impulse response through W_m), four ways, at keras-lmu's psMNIST
+shape (batch 100, 784 steps, order 256, 212 hidden units): the FFT convolution
+(`lmu.causal_convolution`, `memory_method="fft"`), one matmul on the Toeplitz rows of u,
+blocks of 56 steps by block distance, and the memory's own state at blocks of 16 steps
+(`lmu.memory_drive_by_blocks`, what `LMUCell.sequence` uses by default). Prints each one's
+forward and forward+backward time (gradients of u and W_m; the mean of 5 calls after one
+warm-up call, in this process) and its distance from the FFT's result.
 
     python benchmarks/lmu_memory.py
 """
@@ -18,6 +21,8 @@ from rnnjax import lmu
 
 BATCH, STEPS, HIDDEN = 100, 784, 212
 BLOCK = 56  # steps per block (784 = 14 x 56)
+ORDER, THETA = 256, 784.0  # the memory of keras-lmu's psMNIST model
+STATE_BLOCK = 16  # `lmu.memory_drive_by_blocks`'s default
 
 
 def toeplitz(u, g):
@@ -53,16 +58,26 @@ def milliseconds(f, *args, calls: int = 5) -> float:
 def main():
   keys = jax.random.split(jax.random.key(0), 3)
   u = jax.random.normal(keys[0], (BATCH, STEPS, 1))
-  g = jax.random.normal(keys[1], (1, STEPS, HIDDEN)) / 30
+  w_m = jax.random.normal(keys[1], (ORDER, HIDDEN)) / 16
   cotangent = jax.random.normal(keys[2], (BATCH, STEPS, HIDDEN))
-  want = jax.jit(lmu.causal_convolution)(u, g)
-  for name, f in (("fft", lmu.causal_convolution), ("toeplitz", toeplitz),
-                  (f"blocks of {BLOCK}", blocked)):
-    got = jax.jit(f)(u, g)
+  response = jnp.asarray(lmu.impulse_response(ORDER, THETA, STEPS), jnp.float32)
+
+  def through(f):  # a method on the response through W_m, as a function of (u, W_m)
+    return lambda u, w_m: f(u, (response @ w_m)[None])
+
+  methods = (("fft", through(lmu.causal_convolution)), ("toeplitz", through(toeplitz)),
+             (f"blocks of {BLOCK}", through(blocked)),
+             (f"the state at blocks of {STATE_BLOCK}", lambda u, w_m: lmu.memory_drive_by_blocks(
+                 u, w_m, ORDER, THETA, STATE_BLOCK)))
+  want = jax.jit(methods[0][1])(u, w_m)
+  for name, f in methods:
+    got = jax.jit(f)(u, w_m)
     diff = float(jnp.abs(got - want).max() / jnp.abs(want).max())
-    grad = jax.jit(jax.grad(lambda u, g, f=f: (f(u, g) * cotangent).sum(), argnums=(0, 1)))
-    print(f"{name}: forward {milliseconds(jax.jit(f), u, g):.1f} ms, forward+backward "
-          f"{milliseconds(grad, u, g):.1f} ms, relative difference from fft {diff:.1e}")
+    # The cotangent is an argument: closed over, XLA would fold it into the program.
+    grad = jax.jit(jax.grad(lambda u, w, c, f=f: (f(u, w) * c).sum(), argnums=(0, 1)))
+    print(f"{name}: forward {milliseconds(jax.jit(f), u, w_m):.1f} ms, forward+backward "
+          f"{milliseconds(grad, u, w_m, cotangent):.1f} ms, relative difference from fft "
+          f"{diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ encoders and the hidden layer learn.
 The output is `h_t`, the carry `(m, h)`. Without `hidden_to_memory` and `memory_to_memory`
 the memory reads the input only, and all T memories are a convolution of the encoded input
 with the system's impulse response `H[k] = A_d^k B_d`. `LMUCell.sequence` then computes the
-hidden layer's memory term for every step at once (`W_m m_t = sum_k u_{t-k} (H W_m)[k]`, an
-FFT convolution) and runs only the hidden recurrence `h_t = tanh(p_t + W_h h_{t-1})` step
+hidden layer's memory term for every step at once (`W_m m_t = sum_k u_{t-k} (H W_m)[k]`:
+by default through the memory's state at blocks of 16 steps, `memory_drive_by_blocks`,
+dense matmuls; or an FFT convolution, `memory_method="fft"`, slower where measured,
+docs/performance.md) and runs only the hidden recurrence `h_t = tanh(p_t + W_h h_{t-1})` step
 by step, one small matmul per step: on rnnjax's CPU kernel where it runs (`kernel="cpu"`,
 `kernel_layers.tanh_recurrence`; `Config.rnn_kernel` decides, as for LSTM and LEM layers),
 else as a `lax.scan`. `LMULayer`, an `nn.RNN(LMUCell)`, uses it where it applies; the plain

@@ -181,7 +181,7 @@ def hardware(s: dict[str, Any], short: bool = False) -> str:
   m = s["machine"]
   if m.get("gpu"):
     return m["gpu"]
-  # /proc/cpuinfo's "Intel(R) Xeon(R) Processor" reads "Intel Xeon", as the other names do.
+  # Trademark marks and a trailing " Processor" dropped from /proc/cpuinfo's model name.
   cpu = re.sub(r"\((R|TM)\)| Processor$", "", m["cpu"])
   if short:
     return f"{cpu} {m['cpu_family']}/{m['cpu_model']}" if m.get("cpu_family") else cpu
