@@ -297,9 +297,11 @@ def _load() -> ctypes.CDLL | str:
     fallback = _build(onednn=False)
     try:
       lib = None if isinstance(fallback, str) else ctypes.CDLL(str(fallback))
-      built = fallback
     except OSError:
-      pass
+      fallback = built  # the first failure is the one to report
+    if lib is not None:
+      _note(f"{built}; the CPU kernel runs its matmuls on MKL alone")
+    built = fallback
   if lib is None:
     return built
   try:

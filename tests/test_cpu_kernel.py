@@ -177,31 +177,35 @@ def test_the_fallback_traceback_file_is_new_and_never_followed(tmp_path, monkeyp
 def test_matmul_engine_is_timed_once_kept_and_can_be_forced(tmp_path):
   """A build's first load times the engines and keeps the choice beside it; later loads
   read it; $RNNJAX_KERNEL_GEMM forces one, and a wrong name is refused with the fix."""
-  built = Path(cpu_kernel._load()._name)
-  shutil.copy(built, tmp_path / built.name)  # a cache holding this build, without a choice
-  kept = tmp_path / built.with_suffix(".gemm").name
   code = ("from rnnjax import cpu_kernel as k\nok, why = k.status()\nprint('STATUS', ok, why)\n"
-          "print('ENGINE', k.gemm_engine() if ok else None)\n")
+          "if ok:\n  print('ENGINES', *k.gemm_engines())\n  print('ENGINE', k.gemm_engine())\n")
 
-  def run(**extra):
+  def run(cache, **extra):
     env = {k: v for k, v in os.environ.items() if k != "RNNJAX_KERNEL_GEMM"}
-    env.update(RNNJAX_KERNEL_CACHE=str(tmp_path), **extra)
+    env.update(RNNJAX_KERNEL_CACHE=str(cache), **extra)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
-  engines = cpu_kernel.gemm_engines()
-  out = run()
+  # The build a new process loads (this process may hold another: one without oneDNN, had
+  # oneDNN's failed to load here), copied with its checksum into a cache without a choice.
+  out = run(cpu_kernel.cache_dir())
+  built = Path(out.split("STATUS True kernel ", 1)[1].split(", matmuls by", 1)[0])
+  engines = out.split("ENGINES ", 1)[1].splitlines()[0].split()
+  for name in (built.name, built.name + ".sha256"):
+    shutil.copy2(built.with_name(name), tmp_path / name)
+  kept = tmp_path / built.with_suffix(".gemm").name
+  out = run(tmp_path)
   picked = kept.read_text().strip()
   assert picked in engines and f"ENGINE {picked}" in out
   assert f"matmuls by {cpu_kernel.GEMM_NAMES[picked]}" in out
   assert list(tmp_path.glob("*.so")) == [tmp_path / built.name]  # not built again
   other = engines[-1] if picked == engines[0] else engines[0]
   kept.write_text(other + "\n")  # a kept choice is read, not timed again
-  assert f"ENGINE {other}" in run()
-  assert "ENGINE mkl" in run(RNNJAX_KERNEL_GEMM="mkl")
-  out = run(RNNJAX_KERNEL_GEMM="blas")
+  assert f"ENGINE {other}" in run(tmp_path)
+  assert "ENGINE mkl" in run(tmp_path, RNNJAX_KERNEL_GEMM="mkl")
+  out = run(tmp_path, RNNJAX_KERNEL_GEMM="blas")
   assert "STATUS False RNNJAX_KERNEL_GEMM='blas' names no matmul engine" in out
   assert "unset it for the faster one" in out
 
@@ -226,7 +230,7 @@ def test_a_onednn_library_that_does_not_load_is_passed_over(tmp_path, monkeypatc
 @needs_kernel
 def test_a_onednn_the_kernel_cannot_be_built_with_leaves_mkl_alone(tmp_path):
   """oneDNN found, but the build with it fails (stood in for by `_build`'s error for it):
-  the kernel is built without it and runs its matmuls on MKL."""
+  the kernel is built without it, runs its matmuls on MKL, and says why."""
   code = ("from rnnjax import cpu_kernel as k\n"
           "build = k._build\n"
           "k._onednn = lambda: (k.Path('/x/include'), k.Path('/x/lib/libdnnl.so.3'))\n"
@@ -240,6 +244,8 @@ def test_a_onednn_the_kernel_cannot_be_built_with_leaves_mkl_alone(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert "STATUS True" in r.stdout and "matmuls by MKL" in r.stdout
   assert "ENGINES ['mkl']" in r.stdout
+  assert ("note: compiling rnn_cpu.cc failed: dnnl.hpp; the CPU kernel runs its matmuls on "
+          "MKL alone") in r.stderr
 
 
 @needs_kernel
