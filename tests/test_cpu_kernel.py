@@ -7,8 +7,9 @@ private file whose checksum is the one recorded when it was built; anything else
 engine is timed once, kept, and can be forced; a oneDNN that does not load or build leaves
 MKL alone, and no compiler leaves the scan.
 
-The cache's builds here run a stand-in compiler that copies this process's real kernel library to its
-`-o` argument: every check of the cache runs, in milliseconds, without compiling."""
+The cache's builds here run a stand-in compiler that copies this process's real kernel
+library to its `-o` argument: every check of the cache runs, in milliseconds, without
+compiling."""
 
 import os
 import shutil
