@@ -128,7 +128,10 @@ def _private_folder(folder: Path) -> str | None:
     p = p.parent
   try:
     for q in reversed(missing):
-      q.mkdir(mode=0o700)
+      try:
+        q.mkdir(mode=0o700)
+      except FileExistsError:
+        continue  # made at the same moment by another process; checked below as any folder
       os.chmod(q, 0o700)
     st = folder.stat()
   except OSError as e:

@@ -85,6 +85,25 @@ def test_a_new_cache_is_private_whatever_the_umask(cache):
 
 
 @needs_kernel
+def test_a_cache_folder_made_at_the_same_moment_by_another_process_is_used(cache, monkeypatch):
+  """Two processes starting at once on a new machine both find no cache folder and both make
+  it; the one whose `mkdir` comes second uses it as well, not failing on `File exists` (and
+  then falling back to a build without oneDNN)."""
+  folder, _ = cache
+  mkdir = Path.mkdir
+
+  def second(self, *args, **kwargs):
+    if self == folder:
+      os.mkdir(folder, 0o700)  # the other process, between the check and this mkdir
+    return mkdir(self, *args, **kwargs)
+
+  monkeypatch.setattr(Path, "mkdir", second)
+  built = cpu_kernel._build()
+  assert isinstance(built, Path) and built.parent == folder, built
+  assert cpu_kernel._check_library(built) is None
+
+
+@needs_kernel
 def test_a_library_in_a_folder_others_can_write_never_runs(cache, tmp_path):
   folder, cxx = cache
   built = cpu_kernel._build()  # the name a build gets here
