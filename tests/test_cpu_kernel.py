@@ -208,8 +208,8 @@ def test_matmul_engine_is_timed_once_kept_and_can_be_forced(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
-  # The build a new process loads (this process may hold another: one without oneDNN, had
-  # oneDNN's failed to load here), copied with its checksum into a cache without a choice.
+  # The build a new process loads (this process may hold a fall-back built without oneDNN),
+  # copied with its checksum into a cache without a choice.
   out = run(cpu_kernel.cache_dir())
   built = Path(out.split("STATUS True kernel ", 1)[1].split(", matmuls by", 1)[0])
   engines = out.split("ENGINES ", 1)[1].splitlines()[0].split()

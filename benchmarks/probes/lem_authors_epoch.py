@@ -19,8 +19,8 @@ validation images and the 10,000 test images after each epoch.
 together they show whether the two compute the same step, bit for bit, until rounding
 grows. Needs torch (`pip install torch==2.13.0`). Prints, per epoch, each side's validation
 and test accuracy, and the first step where the two losses part by more than 1e-3
-(relative). Run at d11d98f (2026-12-06); the figures are in docs/lab/2026-12-results-log.md
-("LEM with its authors' psMNIST recipe").
+(relative). Its figures are in docs/lab/2026-12-results-log.md ("LEM with its authors'
+psMNIST recipe").
 """
 import argparse
 import json
@@ -195,8 +195,9 @@ def run_rnnjax(args, images, labels, init, perm, valid, batches):
   kernel = "xla" if args.float64 and args.rnn_kernel == "auto" else args.rnn_kernel
   config = presets.get("psmnist_lem_authors").replace(rnn_kernel=kernel)
   dtype = np.float64 if args.float64 else np.float32
+  per_epoch = len(batches) // args.epochs
   state = steps.create_train_state(config, jax.random.key(args.jax_seed),
-                                   steps_per_epoch=len(batches) // args.epochs)
+                                   steps_per_epoch=per_epoch)
   if args.clip == "torch":
     state = state.replace(tx=optax.chain(torch_clip(config.grad_clip_norm),
                                          optax.adam(config.learning_rate)))
@@ -215,7 +216,6 @@ def run_rnnjax(args, images, labels, init, perm, valid, batches):
     return 100.0 * correct / len(x)
 
   out = {"loss": [], "valid": [], "test": [], "seconds": []}
-  per_epoch = len(batches) // args.epochs
   for epoch in range(args.epochs):
     t0 = time.time()
     for idx in batches[epoch * per_epoch:(epoch + 1) * per_epoch]:
